@@ -1,0 +1,30 @@
+# Two commands a fresh machine needs: `make sweep` and `make test`. Both bootstrap .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SPACE ?= search_spaces/mnist5k_random.yaml
+
+export RAY_AUTH_MODE ?= disabled
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install test sweep clean
+
+install: $(STAMP)
+
+# torch goes first and pinned: an unpinned request would pull a multi-GB CUDA build on a CPU machine.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+sweep: $(STAMP)
+	$(VENV)/bin/scissorhands sweep $(SPACE)
+
+clean:
+	rm -rf $(VENV) .pytest_cache
