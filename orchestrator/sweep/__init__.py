@@ -1,0 +1,1 @@
+"""Sweep orchestration: Ray Tune wiring, MLflow tracking, Pareto frontier, Parquet results."""

@@ -1,0 +1,157 @@
+"""Pareto front, ranks and hypervolume against brute force; plots write valid PNGs."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from orchestrator.sweep.frontier import (
+    Objective,
+    hypervolume,
+    pareto_mask,
+    pareto_ranks,
+    plot_frontier,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _dominates(a: np.ndarray, b: np.ndarray, dirs: list[str]) -> bool:
+    """a dominates b, written out directly in the original directions."""
+    better_eq = all((x <= y) if d == "min" else (x >= y) for x, y, d in zip(a, b, dirs))
+    strictly = any((x < y) if d == "min" else (x > y) for x, y, d in zip(a, b, dirs))
+    return better_eq and strictly
+
+
+@st.composite
+def problems(draw: st.DrawFn, max_m: int = 3, max_n: int = 25, hi: int = 4):
+    """Small integer grids (ties and duplicates are common), mixed directions, some NaN rows."""
+    m = draw(st.integers(1, max_m))
+    n = draw(st.integers(0, max_n))
+    vals = draw(arrays(np.float64, (n, m), elements=st.integers(0, hi).map(float)))
+    nan_rows = draw(arrays(np.bool_, n, elements=st.integers(0, 4).map(lambda x: x == 0)))
+    vals[nan_rows, draw(st.integers(0, m - 1))] = np.nan
+    dirs = draw(st.lists(st.sampled_from(["min", "max"]), min_size=m, max_size=m))
+    return vals, dirs
+
+
+@settings(max_examples=150, deadline=None)
+@given(problems())
+def test_pareto_mask_matches_brute_force(problem: tuple[np.ndarray, list[str]]) -> None:
+    vals, dirs = problem
+    finite = [i for i in range(len(vals)) if not np.isnan(vals[i]).any()]
+    expected = np.zeros(len(vals), dtype=bool)
+    for i in finite:
+        expected[i] = not any(_dominates(vals[j], vals[i], dirs) for j in finite)
+    np.testing.assert_array_equal(pareto_mask(vals, dirs), expected)
+
+
+@settings(max_examples=100, deadline=None)
+@given(problems())
+def test_pareto_ranks_are_consistent(problem: tuple[np.ndarray, list[str]]) -> None:
+    vals, dirs = problem
+    ranks = pareto_ranks(vals, dirs)
+    nan = np.isnan(vals).any(axis=1)
+    assert (ranks[nan] == -1).all() and (ranks[~nan] >= 0).all()
+    np.testing.assert_array_equal(ranks == 0, pareto_mask(vals, dirs))
+    for r in range(1, ranks.max() + 1 if len(ranks) else 0):
+        prev, cur = vals[ranks == r - 1], vals[ranks == r]
+        assert len(cur) > 0  # fronts are contiguous
+        for p in cur:
+            assert any(_dominates(q, p, dirs) for q in prev)
+    for r in set(ranks[~nan].tolist()):
+        same = vals[ranks == r]
+        for a, b in itertools.permutations(same, 2):
+            assert not _dominates(a, b, dirs)
+
+
+def _hv_cell_count(vals: np.ndarray, dirs: list[str], ref: np.ndarray) -> float:
+    """Count unit cells of the integer grid that lie between some point and the reference."""
+    vals = vals[~np.isnan(vals).any(axis=1)]
+    lo = np.vstack([vals, ref]).min(axis=0).astype(int)
+    hi = np.vstack([vals, ref]).max(axis=0).astype(int)
+    axes = [np.arange(a, b) for a, b in zip(lo, hi)]
+    cells = np.array(list(itertools.product(*axes)), dtype=float).reshape(-1, len(dirs))
+    covered = np.zeros(len(cells), dtype=bool)
+    for p in vals:
+        if not all((x < r) if d == "min" else (x > r) for x, r, d in zip(p, ref, dirs)):
+            continue  # not strictly better than the reference: contributes nothing
+        inside = np.ones(len(cells), dtype=bool)
+        for k, d in enumerate(dirs):
+            c = cells[:, k]  # cell [c, c+1]
+            inside &= (p[k] <= c) & (c + 1 <= ref[k]) if d == "min" else (ref[k] <= c) & (c + 1 <= p[k])
+        covered |= inside
+    return float(covered.sum())
+
+
+@settings(max_examples=120, deadline=None)
+@given(problems(max_m=4, max_n=12, hi=5), st.data())
+def test_hypervolume_matches_cell_count(problem: tuple[np.ndarray, list[str]], data: st.DataObject) -> None:
+    vals, dirs = problem
+    # Reference point: mostly beyond the worst value, sometimes inside the cloud.
+    ref = np.array([data.draw(st.integers(3, 6)) if d == "min" else data.draw(st.integers(-1, 2)) for d in dirs],
+                   dtype=float)
+    assert hypervolume(vals, dirs, ref) == pytest.approx(_hv_cell_count(vals, dirs, ref))
+
+
+def test_hypervolume_known_values() -> None:
+    pts = np.array([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0]])
+    assert hypervolume(pts, ["min", "min"], [4, 4]) == pytest.approx(6.0)
+    # Same points as (min, max) with the second axis mirrored.
+    assert hypervolume(pts * [1, -1], ["min", "max"], [4, -4]) == pytest.approx(6.0)
+    assert hypervolume(pts, ["min", "min"], [1, 1]) == 0.0  # nothing strictly better
+    cube = np.array([[0.5, 0.5, 0.5]])
+    assert hypervolume(cube, ["min"] * 3, [1, 1, 1]) == pytest.approx(0.125)
+
+
+def test_objective_validates_direction() -> None:
+    assert Objective("UA", "max").direction == "max"
+    with pytest.raises(ValueError, match=r"'maximise'.*\('min', 'max'\)"):
+        Objective("UA", "maximise")
+
+
+def _trials(n: int = 40, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "trial_id": [f"t{i:03d}" for i in range(n)],
+        "config.trim_ratio": rng.uniform(0.01, 0.3, n),
+        "avg_gap": rng.uniform(0, 10, n),
+        "rte": rng.uniform(1, 100, n),
+        "ta": rng.uniform(80, 95, n),
+        "status": ["TERMINATED"] * (n - 3) + ["ERROR"] * 3,
+    })
+    df.loc[n - 1, "avg_gap"] = -100.0  # failed trial with a would-be-best value must not appear
+    df.loc[0, "rte"] = np.nan
+    return df
+
+
+@pytest.mark.parametrize("markers", [None, {"original": {"avg_gap": 8.0, "rte": 0.0, "ta": 94.0},
+                                            "retrain": {"avg_gap": 0.0, "rte": 200.0, "ta": 93.5}}])
+@pytest.mark.parametrize("objectives", [
+    [Objective("avg_gap", "min"), Objective("rte", "min")],
+    [("avg_gap", "min"), ("rte", "min"), ("ta", "max")],
+])
+def test_plot_frontier_writes_png(tmp_path, objectives, markers) -> None:
+    out = tmp_path / "plots" / "frontier.png"
+    written = plot_frontier(_trials(), objectives, out, markers=markers, path_html=tmp_path / "f.html")
+    assert written[0] == out
+    data = out.read_bytes()
+    assert len(data) > 1000 and data.startswith(PNG_SIGNATURE)
+    try:
+        import plotly  # noqa: F401
+        assert (tmp_path / "f.html") in written
+    except ImportError:
+        assert written == [out]
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_plot_frontier_rejects_unknown_metric(tmp_path) -> None:
+    with pytest.raises(KeyError, match="nope"):
+        plot_frontier(_trials(), [("avg_gap", "min"), ("nope", "max")], tmp_path / "x.png")
