@@ -1,0 +1,136 @@
+"""Diffusion metrics (metrics.md, "Diffusion"): a fixed classifier labels generated samples.
+
+- forget_acc: % of forget-conditioned samples the classifier calls the forget class (want ~0)
+- retained_acc: mean over retained classes of the % of class-c samples called c (want as before)
+- fid: Frechet distance between the classifier's penultimate features of generated and of
+  real retained-class images (training split); lower is better. A small-feature FID: only
+  comparable between runs that use the same classifier.
+Every model is sampled from the same fixed noise (``eval_seed``) with deterministic DDIM,
+so original / retrain / unlearned are compared sample by sample.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from orchestrator.diffusion.references import to_uint8
+from orchestrator.diffusion.sampling import ddim_sample
+from orchestrator.storage import atomic_write_bytes
+from orchestrator.training import to_float
+
+EVAL_CODE_VERSION = 1
+
+
+def eval_noise(num_classes: int, per_class: int, shape: tuple[int, ...], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed starting noise and labels: sample j of class c is row c * per_class + j."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn((num_classes * per_class, *shape), generator=g)
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    return noise, labels
+
+
+@torch.no_grad()
+def generate(
+    unet: nn.Module,
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    null_label: int,
+    abar: torch.Tensor,
+    steps: int,
+    guidance_scale: float,
+    chunk: int = 256,
+) -> torch.Tensor:
+    """uint8 samples for the given labels, in chunks (the result does not depend on chunk)."""
+    unet.eval()
+    device = next(unet.parameters()).device
+    eps = lambda x, t, c: unet(x, t, class_labels=c).sample  # noqa: E731
+    out = []
+    for i in range(0, len(labels), chunk):
+        z, y = noise[i : i + chunk].to(device), labels[i : i + chunk].to(device)
+        x0 = ddim_sample(eps, z, y, torch.full_like(y, null_label), abar, steps, guidance_scale)
+        out.append(to_uint8(x0).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def features(classifier: nn.Module, x: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, penultimate features) of uint8 images."""
+    classifier.eval()
+    logits, feats = [], []
+    for i in range(0, len(x), batch_size):
+        f = classifier.features(to_float(x[i : i + batch_size]))
+        feats.append(f)
+        logits.append(classifier.fc(f))
+    return torch.cat(logits), torch.cat(feats)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of two feature sets."""
+    from scipy import linalg
+
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(s_a @ s_b, disp=False)
+    if not np.isfinite(covmean).all():  # singular product: regularise as the FID reference does
+        off = np.eye(len(s_a)) * 1e-6
+        covmean = linalg.sqrtm((s_a + off) @ (s_b + off))
+    covmean = np.real(covmean)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2.0 * np.trace(covmean))
+
+
+def sample_metrics(
+    classifier: nn.Module,
+    samples: torch.Tensor,
+    labels: torch.Tensor,
+    forget_class: int,
+    real_retained: torch.Tensor,
+) -> dict:
+    logits, feats = features(classifier, samples)
+    pred = logits.argmax(1)
+    per_class = {}
+    for c in torch.unique(labels).tolist():
+        sel = labels == c
+        per_class[str(c)] = round(100.0 * float((pred[sel] == c).float().mean()), 4)
+    retained = [v for k, v in per_class.items() if int(k) != forget_class]
+    keep = labels != forget_class
+    _, real_feats = features(classifier, real_retained)
+    fid = frechet_distance(feats[keep].numpy(), real_feats.numpy())
+    forget_pred = pred[labels == forget_class]
+    return {
+        "forget_acc": per_class[str(forget_class)],
+        "retained_acc": round(float(np.mean(retained)), 4),
+        "fid": round(fid, 4),
+        "per_class_acc": per_class,
+        # what the forget-conditioned samples turned into (class histogram, %)
+        "forget_pred_hist": {str(c): round(100.0 * float((forget_pred == c).float().mean()), 2)
+                             for c in torch.unique(forget_pred).tolist()},
+    }
+
+
+def save_grid(samples: torch.Tensor, labels: torch.Tensor, path: Path, columns: int, scale: int = 2) -> Path:
+    """PNG with one row per class (its first ``columns`` samples), 1 px gaps, upscaled ``scale``x."""
+    from PIL import Image
+
+    classes = torch.unique(labels).tolist()
+    c, h, w = samples.shape[1:]
+    rows = []
+    for k in classes:
+        imgs = samples[labels == k][:columns]
+        row = torch.full((c, h + 1, columns * (w + 1)), 255, dtype=torch.uint8)
+        for j, im in enumerate(imgs):
+            row[:, :h, j * (w + 1) : j * (w + 1) + w] = im
+        rows.append(row)
+    grid = torch.cat(rows, dim=1)
+    arr = grid.permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[:, :, 0] if c == 1 else arr)
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

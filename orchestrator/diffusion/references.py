@@ -1,0 +1,245 @@
+"""Reference generators (original, retrain) and the evaluation classifier, cached by content hash.
+
+Same layout and rules as ``orchestrator/references.py``: ``<cache>/<kind>-<key>/model.pt`` plus
+``meta.json`` with the file's sha256; a corrupt or half-written entry is rebuilt, never
+loaded; a lock file serialises two runs building the same entry. Generated-sample metrics
+of a reference are cached beside it per evaluation setting.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from orchestrator.data import Dataset, UnlearnData
+from orchestrator.diffusion.config import ClassifierRecipe, GeneratorRecipe
+from orchestrator.diffusion.sampling import alphas_cumprod, noise_loss
+from orchestrator.diffusion.tasks import _shuffled, drop_labels
+from orchestrator.diffusion.unet import build_class_unet
+from orchestrator.methods.scissorhands_diffusion import cycle
+from orchestrator.models import build_model
+from orchestrator.storage import atomic_write_bytes, atomic_write_json, content_key, file_lock, sha256_file
+from orchestrator.training import accuracy, check_finite, to_float, train_classifier
+
+GENERATOR_CODE_VERSION = 1  # bump when train_generator changes what a recipe produces
+CLASSIFIER_CODE_VERSION = 1
+BUILD_LOG_ENV = "SCISSORHANDS_BUILD_LOG"  # optional file that gets one line per model trained
+
+
+def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 NCHW images resized (antialiased bilinear) to size x size."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    y = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return y.round().clamp(0, 255).to(torch.uint8)
+
+
+def to_signed(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1] (the generator's pixel range)."""
+    return x.float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+@dataclass
+class Cached:
+    kind: str
+    model: nn.Module
+    path: Path
+    meta: dict
+
+
+def _load_verified(entry: Path, model: nn.Module) -> dict | None:
+    meta_file, weights = entry / "meta.json", entry / "model.pt"
+    try:
+        meta = json.loads(meta_file.read_text())
+        if sha256_file(weights) != meta["sha256"]:
+            raise ValueError("checksum mismatch")
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return meta
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # anything unreadable is rebuilt, never loaded
+        print(f"warning: cache entry {entry} is corrupt ({exc}); rebuilding it", file=sys.stderr)
+        return None
+
+
+def cached_model(
+    kind: str, spec: dict, cache_dir: Path, build: Callable[[], nn.Module], train: Callable[[nn.Module], dict]
+) -> Cached:
+    """Load ``<cache>/<kind>-<key>`` if intact, else build + train + store it (atomically)."""
+    entry = Path(cache_dir) / f"{kind}-{content_key(spec)}"
+    with file_lock(Path(cache_dir) / f".{entry.name}.lock"):
+        model = build()
+        meta = _load_verified(entry, model)
+        if meta is not None:
+            return Cached(kind, model.eval(), entry, meta)
+        for stale in list(entry.glob("eval-*")):  # metrics of a model that no longer exists
+            stale.unlink()
+        info = train(model)
+        buf = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+        atomic_write_bytes(entry / "model.pt", buf.getvalue())
+        meta = {"sha256": sha256_file(entry / "model.pt"), "spec": spec, "info": info}
+        atomic_write_json(entry / "meta.json", meta)
+        if os.environ.get(BUILD_LOG_ENV):
+            with open(os.environ[BUILD_LOG_ENV], "a") as log:
+                log.write(f"{kind} {entry.name}\n")
+    return Cached(kind, model.eval(), entry, meta)
+
+
+# ----------------------------------------------------------------------------- classifier
+
+
+def get_classifier(
+    dataset: Dataset, image_size: int, recipe: ClassifierRecipe, seed: int, cache_dir: Path, progress: bool = True
+) -> Cached:
+    """The project's ResNet trained on the real training split resized to ``image_size``."""
+    x_train, x_test = resize_uint8(dataset.x_train, image_size), resize_uint8(dataset.x_test, image_size)
+    spec = {"role": "diffusion-classifier", "dataset": dataset.name, "data": dataset.fingerprint(),
+            "image_size": image_size, "recipe": asdict(recipe), "seed": seed, "code": CLASSIFIER_CODE_VERSION}
+
+    def build() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(recipe.model, dataset.channels, dataset.num_classes, recipe.width)
+        x = to_float(x_train)
+        model.set_normalization(x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)))
+        return model
+
+    def train(model: nn.Module) -> dict:
+        generator = torch.Generator().manual_seed(seed)
+        hist = train_classifier(
+            model, x_train, dataset.y_train, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size,
+            momentum=recipe.momentum, weight_decay=recipe.weight_decay, natural=dataset.natural_images,
+            generator=generator, desc="train classifier", progress=progress,
+        )
+        return {"test_acc": accuracy(model, x_test, dataset.y_test), "train_acc": hist[-1]["train_acc"]}
+
+    return cached_model("diffusion-classifier", spec, cache_dir, build, train)
+
+
+# ----------------------------------------------------------------------------- generators
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_generator(
+    unet: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recipe: GeneratorRecipe,
+    num_classes: int,
+    generator: torch.Generator,
+    desc: str = "train generator",
+    progress: bool = True,
+) -> tuple[nn.Module, list[dict]]:
+    """Denoising training with label dropout; returns the EMA model (the generator) and a loss log.
+
+    ``x`` float images in [-1, 1] and ``y`` labels, both on the UNet's device. AdamW, warm-up
+    + cosine lr, grad-norm clip 1, EMA with the usual (1 + n) / (10 + n) warm-up of the decay.
+    """
+    device = x.device
+    abar = alphas_cumprod(recipe.noise_schedule, recipe.train_timesteps).to(device)
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    params = list(unet.parameters())
+    ema_params = list(ema.parameters())
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, recipe.warmup_steps, recipe.steps))
+
+    def epoch():
+        for idx in _shuffled(len(x), recipe.batch_size, generator):
+            idx = idx.to(device)
+            yield x[idx], drop_labels(y[idx], recipe.p_uncond, num_classes, generator)
+
+    batches = cycle(epoch)
+    eps = lambda xt, t, c: unet(xt, t, class_labels=c).sample  # noqa: E731
+    history, window = [], []
+    unet.train()
+    bar = tqdm(range(recipe.steps), desc=desc, unit="step", disable=not progress, leave=False, mininterval=2)
+    for step in bar:
+        xb, yb = next(batches)
+        loss = noise_loss(eps, xb, yb, abar, generator)
+        check_finite(loss, f"in {desc} step {step}", f"lower --gen-lr (now {recipe.lr})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        decay = min(recipe.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        window.append(loss.item())
+        if len(window) == 100 or step == recipe.steps - 1:
+            history.append({"step": step + 1, "loss": sum(window) / len(window)})
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+            window = []
+    with torch.no_grad():  # buffers (none in UNet2DModel today) follow the live model
+        for b_ema, b in zip(ema.buffers(), unet.buffers()):
+            b_ema.copy_(b)
+    return ema, history
+
+
+def generator_spec(role: str, data: UnlearnData, image_size: int, recipe: GeneratorRecipe, seed: int) -> dict:
+    spec = {"role": f"diffusion-{role}", "dataset": data.dataset.name, "data": data.dataset.fingerprint(),
+            "image_size": image_size, "recipe": asdict(recipe), "seed": seed, "code": GENERATOR_CODE_VERSION}
+    if role == "retrain":  # the original does not depend on the forget set
+        spec["forget"] = str(data.forget)
+        spec["forget_idx"] = data.forget_digest()
+    return spec
+
+
+def get_generator(
+    role: str,
+    data: UnlearnData,
+    image_size: int,
+    recipe: GeneratorRecipe,
+    seed: int,
+    cache_dir: Path,
+    device: torch.device,
+    progress: bool = True,
+) -> Cached:
+    spec = generator_spec(role, data, image_size, recipe, seed)
+    ds = data.dataset
+    if role == "original":
+        x, y = ds.x_train, ds.y_train
+    else:
+        x, y = data.x_retain, data.y_retain
+
+    def build() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+            torch.manual_seed(seed)
+            return build_class_unet(recipe, image_size, ds.channels, ds.num_classes)
+
+    def train(unet: nn.Module) -> dict:
+        generator = torch.Generator().manual_seed(seed)
+        xs = to_signed(resize_uint8(x, image_size)).to(device)
+        ema, hist = train_generator(
+            unet.to(device), xs, y.to(device), recipe, ds.num_classes, generator,
+            desc=f"train {role} generator", progress=progress,
+        )
+        unet.load_state_dict(ema.state_dict())
+        return {"loss": hist}
+
+    cached = cached_model(f"diffusion-{role}", spec, cache_dir, build, train)
+    cached.model.to(device)
+    return cached

@@ -1,0 +1,109 @@
+"""Data and conditioning for the diffusion method: class labels (UNet2DModel) or prompts (SD)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from orchestrator.methods.scissorhands_diffusion import cycle
+
+
+def _shuffled(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, generator: torch.Generator) -> torch.Tensor:
+    """Classifier-free guidance training: each label becomes the null label with probability p_uncond."""
+    if p_uncond <= 0:
+        return y
+    drop = (torch.rand(len(y), generator=generator) < p_uncond).to(y.device)
+    return torch.where(drop, torch.full_like(y, null_label), y)
+
+
+class ClassTask:
+    """Class erasure on a class-conditional UNet2DModel; images are floats in [-1, 1] on the UNet's device."""
+
+    def __init__(
+        self,
+        x_forget: torch.Tensor,
+        forget_class: int,
+        x_retain: torch.Tensor,
+        y_retain: torch.Tensor,
+        num_classes: int,
+        abar: torch.Tensor,
+        p_uncond: float,
+        anchor_class: int | None,
+    ):
+        self.x_forget, self.forget_class = x_forget, forget_class
+        self.x_retain, self.y_retain = x_retain, y_retain
+        self.null_label = num_classes
+        self.abar = abar.to(x_forget.device)
+        self.p_uncond = p_uncond
+        self.anchor_class = anchor_class
+        self.retained = torch.unique(y_retain.cpu())
+
+    def eps(self, unet: nn.Module, x_t, t, cond):
+        return unet(x_t, t, class_labels=cond).sample
+
+    def forget_batches(self, batch_size, generator):
+        dev = self.x_forget.device
+
+        def epoch():
+            for idx in _shuffled(len(self.x_forget), batch_size, generator):
+                yield self.x_forget[idx.to(dev)], torch.full((len(idx),), self.forget_class, device=dev)
+
+        return cycle(epoch)
+
+    def retain_batches(self, batch_size, generator):
+        dev = self.x_retain.device
+
+        def epoch():
+            for idx in _shuffled(len(self.x_retain), batch_size, generator):
+                idx = idx.to(dev)
+                yield self.x_retain[idx], drop_labels(self.y_retain[idx], self.p_uncond, self.null_label, generator)
+
+        return cycle(epoch)
+
+    def anchor_cond(self, forget_cond, generator):
+        if self.anchor_class is not None:
+            return torch.full_like(forget_cond, self.anchor_class)
+        pick = torch.randint(0, len(self.retained), (len(forget_cond),), generator=generator)
+        return self.retained[pick].to(forget_cond.device)
+
+
+class PromptTask:
+    """Concept erasure on a Stable Diffusion UNet2DConditionModel over self-generated latents.
+
+    D_f: latents the original pipeline generated for the forget prompts (condition = their
+    text embeddings); D_r: latents generated for the retain prompts. The anchor condition
+    is the anchor prompt's embedding.
+    """
+
+    def __init__(self, lat_forget, emb_forget, lat_retain, emb_retain, emb_anchor, abar):
+        self.lat_forget, self.emb_forget = lat_forget, emb_forget
+        self.lat_retain, self.emb_retain = lat_retain, emb_retain
+        self.emb_anchor = emb_anchor  # [1, L, D]
+        self.abar = abar.to(lat_forget.device)
+
+    def eps(self, unet: nn.Module, x_t, t, cond):
+        return unet(x_t, t, encoder_hidden_states=cond).sample
+
+    def _batches(self, lat, emb, batch_size, generator):
+        def epoch():
+            for idx in _shuffled(len(lat), batch_size, generator):
+                idx = idx.to(lat.device)
+                yield lat[idx], emb[idx]
+
+        return cycle(epoch)
+
+    def forget_batches(self, batch_size, generator):
+        return self._batches(self.lat_forget, self.emb_forget, batch_size, generator)
+
+    def retain_batches(self, batch_size, generator):
+        return self._batches(self.lat_retain, self.emb_retain, batch_size, generator)
+
+    def anchor_cond(self, forget_cond, generator):
+        return self.emb_anchor.expand(len(forget_cond), -1, -1)
