@@ -1,0 +1,100 @@
+"""Backend choice: one public API, several implementations.
+
+``reference``  plain torch, any device: the oracle.
+``fused``      CPU tensors: bounded extra memory, a few streaming passes (:mod:`kernels.fused`).
+``triton``     CUDA tensors (or CPU tensors under TRITON_INTERPRET=1): :mod:`kernels.triton_backend`.
+
+Choice per call: the ``backend=`` argument, else ``$SCISSORHANDS_KERNELS``, else by device
+(``triton`` for CUDA tensors when triton imports, ``reference`` for other accelerators,
+``fused`` for CPU tensors).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from functools import lru_cache
+from types import ModuleType
+from typing import Sequence
+
+import torch
+
+from kernels import reference
+
+BACKENDS = ("reference", "fused", "triton")
+ENV_VAR = "SCISSORHANDS_KERNELS"
+
+
+@lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """Whether the triton backend can be imported (triton installed and importable)."""
+    try:
+        if importlib.util.find_spec("triton") is None:
+            return False
+        _module("triton")
+    except Exception:  # a missing or broken triton must not break the other backends
+        return False
+    return True
+
+
+def _device(tensors: Sequence[torch.Tensor]) -> torch.device:
+    return tensors[0].device if len(tensors) else torch.device("cpu")
+
+
+def resolve_backend(tensors: Sequence[torch.Tensor], backend: str | None = None) -> str:
+    """The backend to use: the argument, else $SCISSORHANDS_KERNELS, else by device."""
+    choice = backend or os.environ.get(ENV_VAR) or ""
+    if choice and choice not in BACKENDS:
+        raise ValueError(f"kernel backend {choice!r} is unknown; allowed: {', '.join(BACKENDS)}")
+    device = _device(tensors)
+    if choice == "fused" and device.type != "cpu":
+        raise ValueError(f"kernel backend 'fused' runs on CPU tensors only, these are on {device}")
+    if choice == "triton":
+        interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
+        if device.type != "cuda" and not (interpret and device.type == "cpu"):
+            raise ValueError(
+                f"kernel backend 'triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {device}"
+            )
+        if not triton_available():
+            raise ValueError("kernel backend 'triton' requested but triton is not importable")
+    if choice:
+        return choice
+    if device.type == "cpu":
+        return "fused"
+    if device.type == "cuda" and triton_available():
+        return "triton"
+    return "reference"
+
+
+_MODULES = {"reference": "kernels.reference", "fused": "kernels.fused", "triton": "kernels.triton_backend"}
+
+
+def _module(name: str) -> ModuleType:
+    return reference if name == "reference" else importlib.import_module(_MODULES[name])
+
+
+def accumulate_abs_grad_(buffers, grads, backend: str | None = None) -> None:
+    """buffers[i] += |grads[i]| in place."""
+    _module(resolve_backend(buffers, backend)).accumulate_abs_grad_(buffers, grads)
+
+
+def select_threshold(weights, grad_sums, n_select: int, backend: str | None = None):
+    """The exact global threshold selecting the top ``n_select`` scores |w * G| (see reference)."""
+    return _module(resolve_backend(weights, backend)).select_threshold(weights, grad_sums, n_select)
+
+
+def selection_masks(weights, grad_sums, threshold, backend: str | None = None):
+    """Boolean masks of the entries a threshold selects (materialised: for tests and analysis)."""
+    return _module(resolve_backend(weights, backend)).selection_masks(weights, grad_sums, threshold)
+
+
+def masked_reinit_(weights, grad_sums, threshold, inits, generator=None, backend: str | None = None) -> int:
+    """Re-initialise the selected entries of eligible tensors in place; returns how many changed."""
+    return _module(resolve_backend(weights, backend)).masked_reinit_(
+        weights, grad_sums, threshold, inits, generator
+    )
+
+
+def project_(grads, refs, margin: float, eps: float = 1e-3, scope: str = "global", backend: str | None = None):
+    """GEM closed-form projection of grads against refs, in place; returns the coefficients."""
+    return _module(resolve_backend(grads, backend)).project_(grads, refs, margin, eps, scope)

@@ -1,0 +1,157 @@
+"""Plain-torch reference implementation: the oracle every other backend is tested against.
+
+All functions take lists of tensors (one per parameter) and never concatenate them
+into one vector except where a test oracle needs to (``selection_masks`` works per tensor).
+
+Selection rule (shared by every backend)
+----------------------------------------
+Scores are ``s = |w * G|``. Selecting ``n`` entries out of ``N`` picks every entry with
+``s > tau`` plus the first ``take_ties`` entries with ``s == tau``, where ``tau`` is the
+n-th largest score and ties are broken by the lower *global index* (tensors in list order,
+entries in row-major order inside each tensor). Exactly ``n`` entries are selected.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+Tensors = Sequence[torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Where the global top-n cut falls: every score > tau, plus ``take_ties`` entries == tau."""
+
+    tau: float
+    take_ties: int
+    n_selected: int
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """Fresh values for trimmed entries: uniform(low, high); a constant when low == high."""
+
+    low: float
+    high: float
+
+
+def accumulate_abs_grad_(buffers: Tensors, grads: Tensors) -> None:
+    """buffers[i] += |grads[i]| (in place)."""
+    for buf, g in zip(buffers, grads, strict=True):
+        buf.add_(g.abs())
+
+
+def scores(weights: Tensors, grad_sums: Tensors) -> list[torch.Tensor]:
+    """Connection sensitivity |w * G|, computed in float32."""
+    return [(w.float() * g.float()).abs() for w, g in zip(weights, grad_sums, strict=True)]
+
+
+def select_threshold(weights: Tensors, grad_sums: Tensors, n_select: int) -> Threshold:
+    """The threshold that selects exactly ``n_select`` entries (see the module's tie rule)."""
+    flat = torch.cat([s.flatten() for s in scores(weights, grad_sums)])
+    total = flat.numel()
+    if not 0 <= n_select <= total:
+        raise ValueError(f"n_select={n_select} must be within [0, {total}]")
+    if n_select == 0:
+        return Threshold(tau=float("inf"), take_ties=0, n_selected=0)
+    tau = torch.topk(flat, n_select, sorted=False).values.min()
+    above = int((flat > tau).sum())
+    return Threshold(tau=float(tau), take_ties=n_select - above, n_selected=n_select)
+
+
+def selection_masks(weights: Tensors, grad_sums: Tensors, threshold: Threshold) -> list[torch.Tensor]:
+    """Boolean masks (one per tensor) of the entries the threshold selects."""
+    masks = []
+    ties_left = threshold.take_ties
+    tau = torch.tensor(threshold.tau, dtype=torch.float32)
+    for s in scores(weights, grad_sums):
+        mask = s > tau
+        if ties_left > 0:
+            ties = (s == tau).flatten()
+            rank = torch.cumsum(ties.to(torch.int64), 0)
+            take = ties & (rank <= ties_left)
+            ties_left -= int(take.sum())
+            mask = mask | take.view_as(s)
+        masks.append(mask)
+    return masks
+
+
+def fresh_generator(generator: torch.Generator | None, device: torch.device | str) -> torch.Generator:
+    """The private generator that fresh values come from, seeded by ONE draw from ``generator``.
+
+    Every backend calls this exactly once per :func:`masked_reinit_` call, so the caller's
+    random stream advances by the same amount whatever the mask, the trim ratio or the
+    backend (later batches and augmentations do not shift when the trim ratio changes),
+    while only the selected entries cost a draw.
+    """
+    src = torch.device(generator.device if generator is not None else device)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=src))
+    return torch.Generator(device=torch.device(device)).manual_seed(seed)
+
+
+def masked_reinit_(
+    weights: Tensors,
+    grad_sums: Tensors,
+    threshold: Threshold,
+    inits: Sequence[InitSpec | None],
+    generator: torch.Generator | None = None,
+) -> int:
+    """Re-initialise the selected entries of eligible tensors in place; returns how many changed.
+
+    ``inits[i] is None`` marks tensor i as not eligible: it is scored (it takes part in the
+    global threshold) but never modified. Random stream (shared by every backend): one draw
+    from ``generator`` seeds a private generator (:func:`fresh_generator`); then, per eligible
+    tensor in list order, ``m`` float32 values are drawn from it with
+    ``uniform_(low, high)``, ``m`` being the tensor's number of selected entries, and go to
+    those entries in row-major order (cast to the tensor's dtype). The CPU backends match
+    bit for bit; the triton backend draws its fresh values in-kernel (same distribution,
+    same caller stream, other values).
+    """
+    changed = 0
+    masks = selection_masks(weights, grad_sums, threshold)
+    device = weights[0].device if len(weights) else torch.device("cpu")
+    fresh_gen = fresh_generator(generator, device)
+    for w, mask, init in zip(weights, masks, inits, strict=True):
+        if init is None:
+            continue
+        m = int(mask.sum())
+        if m:
+            fresh = torch.empty(m, dtype=torch.float32, device=w.device)
+            fresh.uniform_(init.low, init.high, generator=fresh_gen)
+            with torch.no_grad():
+                w[mask] = fresh.to(w.dtype)
+        changed += m
+    return changed
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.dot(a.flatten().double(), b.flatten().double())
+
+
+def project_(
+    grads: Tensors,
+    refs: Tensors,
+    margin: float,
+    eps: float = 1e-3,
+    scope: str = "global",
+) -> torch.Tensor:
+    """GEM projection with one memory vector, closed form, in place.
+
+    If <g, r> < 0 then g <- g + v * r with v = max(-<g, r> / (||r||^2 + eps), margin).
+    ``scope="global"`` uses one coefficient over all tensors; ``"per_layer"`` one per tensor.
+    Returns the coefficients applied (0 where the projection did not fire): shape [1] or [len(grads)].
+    """
+    if scope not in ("global", "per_layer"):
+        raise ValueError(f"scope={scope!r}: allowed global, per_layer")
+    gr = torch.stack([_dot(g, r) for g, r in zip(grads, refs, strict=True)])
+    rr = torch.stack([_dot(r, r) for r in refs])
+    if scope == "global":
+        gr, rr = gr.sum().reshape(1), rr.sum().reshape(1)
+    coef = torch.where(gr < 0, torch.clamp(-gr / (rr + eps), min=margin), torch.zeros_like(gr))
+    for i, (g, r) in enumerate(zip(grads, refs)):
+        v = float(coef[0] if scope == "global" else coef[i])
+        if v != 0.0:
+            g.add_(r, alpha=v)
+    return coef.float()
