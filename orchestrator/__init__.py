@@ -1,0 +1,3 @@
+"""scissorhands-sweep: Scissorhands unlearning, sweeps, tracking."""
+
+__version__ = "0.1.0"

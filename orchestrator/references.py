@@ -97,14 +97,18 @@ def _load_entry(entry: Path, model: nn.Module) -> bool:
 
 
 def get_reference(
-    role: str, cfg: RunConfig, data: UnlearnData, cache_dir: Path, progress: bool = True
+    role: str, cfg: RunConfig, data: UnlearnData, cache_dir: Path, progress: bool = True, build: bool = True
 ) -> Reference:
+    """Load the cached reference, or train and cache it (``build=False``: a missing one is an error,
+    so a sweep trial can never train references itself)."""
     spec = reference_spec(role, cfg, data)
     entry = Path(cache_dir) / f"{role}-{content_key(spec)}"
     model = make_model(cfg, data.dataset)
     with file_lock(Path(cache_dir) / f".{entry.name}.lock"):
         if _load_entry(entry, model):
             return Reference(role, model.eval(), entry)
+        if not build:
+            raise RuntimeError(f"{role} reference {entry} is missing; it must be built before the trials")
         for stale in entry.glob("metrics-*.json"):
             stale.unlink()
         torch.manual_seed(cfg.seed)
@@ -127,8 +131,10 @@ def get_reference(
     return Reference(role, model.eval(), entry)
 
 
-def get_references(cfg: RunConfig, data: UnlearnData, cache_dir: Path, progress: bool = True) -> References:
+def get_references(
+    cfg: RunConfig, data: UnlearnData, cache_dir: Path, progress: bool = True, build: bool = True
+) -> References:
     return References(
-        get_reference("original", cfg, data, cache_dir, progress),
-        get_reference("retrain", cfg, data, cache_dir, progress),
+        get_reference("original", cfg, data, cache_dir, progress, build),
+        get_reference("retrain", cfg, data, cache_dir, progress, build),
     )

@@ -63,6 +63,41 @@ def _forget_loss_grad(model, xf, yf, params, natural, generator) -> list[torch.T
     return list(torch.autograd.grad(loss, params))
 
 
+def sensitivity(
+    model: nn.Module, data: UnlearnData, cfg: ScissorhandsConfig, generator: torch.Generator, backend: str | None
+) -> list[torch.Tensor]:
+    """Stage 1: G = sum over score batches of |dL_f/dtheta| (eval mode: BN statistics stay untouched)."""
+    model.eval()
+    xf, yf = data.x_forget, data.y_forget
+    params = list(model.parameters())
+    grad_sums = [torch.zeros_like(p) for p in params]
+    for _ in range(cfg.score_batches):
+        idx = torch.randint(0, len(yf), (min(cfg.score_batch_size, len(yf)),), generator=generator)
+        grads = _forget_loss_grad(model, xf[idx], yf[idx], params, data.dataset.natural_images, generator)
+        kernels.accumulate_abs_grad_(grad_sums, grads, backend=backend)
+    return grad_sums
+
+
+def trim(
+    model: nn.Module,
+    grad_sums: list[torch.Tensor],
+    cfg: ScissorhandsConfig,
+    late_layers: tuple[str, ...],
+    generator: torch.Generator,
+    backend: str | None,
+) -> tuple[kernels.Threshold, int]:
+    """Stage 2: one global threshold over ALL parameters, applied to eligible ones only."""
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    n_select = total - math.floor((1.0 - cfg.trim_ratio) * total)
+    trim_names = {n for n, _ in matching(model, cfg.trim_layers or default_patterns(late_layers))}
+    inits = init_specs(model, trim_names, cfg.init)
+    with torch.no_grad():
+        threshold = kernels.select_threshold(params, grad_sums, n_select, backend=backend)
+        trimmed = kernels.masked_reinit_(params, grad_sums, threshold, inits, generator, backend=backend)
+    return threshold, trimmed
+
+
 @register("scissorhands")
 def scissorhands(
     model: nn.Module,
@@ -77,25 +112,10 @@ def scissorhands(
     cfg.validate()
     natural = data.dataset.natural_images
     xf, yf, xr, yr = data.x_forget, data.y_forget, data.x_retain, data.y_retain
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     start = time.perf_counter()
-
-    # Stage 1: connection sensitivity on forget batches (eval mode: BN statistics stay untouched).
-    model.eval()
-    grad_sums = [torch.zeros_like(p) for p in params]
-    for _ in range(cfg.score_batches):
-        idx = torch.randint(0, len(yf), (min(cfg.score_batch_size, len(yf)),), generator=generator)
-        grads = _forget_loss_grad(model, xf[idx], yf[idx], params, natural, generator)
-        kernels.accumulate_abs_grad_(grad_sums, grads, backend=backend)
-
-    # Stage 2: one global threshold over ALL parameters, applied to eligible ones only.
-    total = sum(p.numel() for p in params)
-    n_select = total - math.floor((1.0 - cfg.trim_ratio) * total)
-    trim_names = {n for n, _ in matching(model, cfg.trim_layers or default_patterns(late_layers))}
-    inits = init_specs(model, trim_names, cfg.init)
-    with torch.no_grad():
-        threshold = kernels.select_threshold(params, grad_sums, n_select, backend=backend)
-        trimmed = kernels.masked_reinit_(params, grad_sums, threshold, inits, generator, backend=backend)
+    grad_sums = sensitivity(model, data, cfg, generator, backend)
+    threshold, trimmed = trim(model, grad_sums, cfg, late_layers, generator, backend)
     del grad_sums
 
     # Stage 3: repair with projected gradients.
@@ -156,4 +176,5 @@ def scissorhands(
             on_epoch(record)
     model.eval()
     seconds = time.perf_counter() - start
-    return MethodResult(model, seconds, history, {"trimmed": trimmed, "n_params": total, "tau": threshold.tau})
+    stats = {"trimmed": trimmed, "n_params": sum(p.numel() for p in params), "tau": threshold.tau}
+    return MethodResult(model, seconds, history, stats)

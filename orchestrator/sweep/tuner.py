@@ -1,0 +1,400 @@
+"""Ray Tune wiring: references once, OptunaSearch multi-objective, MLflow, Parquet, frontier.
+
+Layout of a sweep under ``--storage`` (default ./runs):
+    <storage>/mlflow.db                    default MLflow store (sqlite), artifacts in mlartifacts/
+    <storage>/<name>/spec.yaml             the search space as given
+    <storage>/<name>/references/           original + retrain models (per seed), built once
+    <storage>/<name>/tune/                 Ray Tune experiment state (what --resume restores)
+    <storage>/<name>/results.parquet       one row per trial
+    <storage>/<name>/frontier.png|.html    trials, frontier, original and retrain marked
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.errors import DivergenceError, UserError
+from orchestrator.evaluation import CORE_METRICS
+from orchestrator.storage import atomic_write_json
+from orchestrator.sweep.frontier import hypervolume, pareto_mask, plot_frontier
+from orchestrator.sweep.results import ResultsTable
+from orchestrator.sweep import tracking
+from orchestrator.sweep.spec import CLASSIFICATION_METRICS, SweepSpec
+from ray.tune import Callback
+
+METRIC_KEYS = set(CLASSIFICATION_METRICS)
+REPORTED_EXTRA = {"status", "error", "mlflow_run_id", "node_ip"}
+
+PENALTY = 1e6  # objective value of a failed (diverged / pruned) trial: the worst the searcher can see
+
+
+class Pruned(DivergenceError):
+    """Early stopping: the repair collapsed below the spec's floor."""
+
+
+@dataclass(frozen=True)
+class SweepPaths:
+    root: Path
+
+    @property
+    def references(self) -> Path:
+        return self.root / "references"
+
+    @property
+    def tune(self) -> Path:
+        return self.root / "tune"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.parquet"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "frontier.png"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs, pickled once to the workers."""
+
+    spec: dict
+    name: str
+    cache_dir: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+# ----------------------------------------------------------------------------- trial
+def trial_metrics(report: dict) -> dict[str, float]:
+    """Flat metrics of one seed's run: the contract's values plus gaps to retrain."""
+    u, rt = report["unlearned"], report["retrain"]
+    m = {k: float(u[k]) for k in (*CORE_METRICS, "RTE_s")}
+    m["avg_gap"] = float(report["avg_gap"])
+    for k in CORE_METRICS:
+        m[f"gap_{k}"] = abs(u[k] - rt[k])
+    m["forget_gap"] = (m["gap_UA"] + m["gap_MIA"]) / 2
+    m["retain_gap"] = (m["gap_RA"] + m["gap_TA"]) / 2
+    return m
+
+
+def aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    out = {}
+    for key in per_seed[0]:
+        values = np.array([m[key] for m in per_seed], dtype=float)
+        out[key] = float(values.mean())
+        out[f"{key}_std"] = float(values.std())
+    return out
+
+
+def run_trial(searched: dict, ctx: TrialContext) -> dict:
+    """One sweep trial: the same run_unlearning as `scissorhands unlearn`, once per seed."""
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    from orchestrator.references import get_references
+    from orchestrator.training import set_threads
+    from orchestrator.trial import prepare, run_unlearning
+
+    set_threads()
+    spec = SweepSpec.model_validate(ctx.spec)
+    trial_id = tune.get_context().get_trial_id()
+    client = MlflowClient(ctx.tracking_uri)
+    run_id = tracking.start_child(client, ctx.experiment_id, ctx.parent_run_id, trial_id, ctx.name)
+    for key, value in searched.items():
+        client.log_param(run_id, key, value)
+    client.log_param(run_id, "seeds", ",".join(map(str, spec.seeds)))
+    try:
+        per_seed, first_model = [], None
+        for seed in spec.seeds:
+            cfg = spec.run_config(searched, seed)
+            data = prepare(cfg)
+            refs = get_references(cfg, data, Path(ctx.cache_dir), progress=False, build=False)
+
+            def on_epoch(record: dict, seed=seed) -> None:
+                for key, value in record.items():
+                    if key != "epoch":
+                        client.log_metric(run_id, f"{key}/seed{seed}", value, step=record["epoch"])
+                rule = spec.early_stopping
+                if rule and record["epoch"] >= rule.after_epoch and record[rule.metric] < rule.min_value:
+                    raise Pruned(f"pruned: {rule.metric} {record[rule.metric]:.1f} < {rule.min_value} "
+                                 f"at epoch {record['epoch']}")
+
+            result = run_unlearning(cfg, Path(ctx.cache_dir), data=data, references=refs, progress=False,
+                                    on_epoch=on_epoch)
+            per_seed.append(trial_metrics(result.report))
+            first_model = first_model or result.model
+        metrics = aggregate(per_seed)
+        client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
+        tracking.log_model(run_id, ctx.tracking_uri, first_model)
+        client.set_terminated(run_id, "FINISHED")
+        return {**metrics, "status": "ok", "error": "", "mlflow_run_id": run_id, "node_ip": _node_ip()}
+    except DivergenceError as exc:  # deterministic: recorded as failed, never retried
+        client.set_tag(run_id, "error", str(exc))
+        client.set_terminated(run_id, "FAILED")
+        penalty = {o.metric: PENALTY if o.direction == "min" else -PENALTY for o in spec.objectives}
+        status = "pruned" if isinstance(exc, Pruned) else "failed"
+        return {**penalty, "status": status, "error": str(exc), "mlflow_run_id": run_id, "node_ip": _node_ip()}
+    except BaseException as exc:  # anything else may be transient (lost node, OOM): Ray retries it
+        client.set_tag(run_id, "error", "".join(traceback.format_exception_only(exc)).strip())
+        client.set_terminated(run_id, "FAILED")
+        raise
+
+
+def _node_ip() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address()
+
+
+def _metric(key: str, value: float):
+    from mlflow.entities import Metric
+
+    return Metric(key, value, int(time.time() * 1000), 0)
+
+
+def _trainable(config: dict, ctx: TrialContext) -> None:
+    from ray import tune
+
+    tune.report(run_trial(config, ctx))
+
+
+# ----------------------------------------------------------------------------- driver side
+class ResultsCallback(Callback):
+    """Driver-side: upsert each finished trial into Parquet and refresh the Pareto flags.
+    Pickled with the experiment, so a resumed sweep keeps writing the same table."""
+
+    def __init__(self, spec: SweepSpec, results_path: Path):
+        self.spec, self.results_path = spec, Path(results_path)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._record(trial, trial.last_result or {}, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._record(trial, trial.last_result or {}, _error_text(trial))
+
+    def _record(self, trial, result: dict, error: str | None) -> None:
+        row = {"trial_id": trial.trial_id, "config": dict(trial.config)}
+        for key, value in result.items():
+            if key in REPORTED_EXTRA or key in METRIC_KEYS or key.removesuffix("_std") in METRIC_KEYS:
+                row[key] = value
+        if error is not None:
+            row.update({"status": "error", "error": error})
+        table = ResultsTable(self.results_path)
+        table.upsert([row])
+        refresh_pareto(self.spec, table)
+
+
+def _error_text(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and os.path.exists(path):
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+        return lines[-1][:500] if lines else "error"
+    return "error"
+
+
+def refresh_pareto(spec: SweepSpec, table: ResultsTable) -> np.ndarray:
+    df = table.read()
+    if df.empty:
+        return np.zeros(0, dtype=bool)
+    ok = (df["status"] == "ok").to_numpy() if "status" in df else np.zeros(len(df), bool)
+    cols = [o.metric for o in spec.objectives]
+    values = np.full((len(df), len(cols)), np.nan)
+    for j, c in enumerate(cols):
+        if c in df:
+            values[:, j] = df[c].to_numpy(dtype=float)
+    values[~ok] = np.nan
+    mask = pareto_mask(values, [o.direction for o in spec.objectives])
+    table.set_column("pareto", dict(zip(df["trial_id"], map(bool, mask))))
+    return mask
+
+
+def build_references(spec: SweepSpec, cache_dir: Path, progress: bool) -> dict[int, dict]:
+    """Original + retrain for every seed, before any trial; returns their metrics per seed."""
+    from orchestrator.references import get_references
+    from orchestrator.training import set_threads
+    from orchestrator.trial import core, prepare
+
+    set_threads()
+    out = {}
+    for seed in spec.seeds:
+        cfg = spec.run_config({}, seed)
+        data = prepare(cfg)
+        refs = get_references(cfg, data, cache_dir, progress=progress)
+        out[seed] = {"original": core(refs.original.metrics(data)), "retrain": core(refs.retrain.metrics(data))}
+    return out
+
+
+def reference_point(spec: SweepSpec, refs: dict[int, dict]) -> list[float]:
+    """Hypervolume reference: each objective as the retrain model scores it; for a gap metric
+    (0 for retrain by definition) the original model's gap instead."""
+    point = []
+    for obj in spec.objectives:
+        per_seed = []
+        for r in refs.values():
+            m = {**{k: r["retrain"][k] for k in CORE_METRICS}}
+            gaps = {f"gap_{k}": abs(r["original"][k] - r["retrain"][k]) for k in CORE_METRICS}
+            gaps["forget_gap"] = (gaps["gap_UA"] + gaps["gap_MIA"]) / 2
+            gaps["retain_gap"] = (gaps["gap_RA"] + gaps["gap_TA"]) / 2
+            gaps["avg_gap"] = float(np.mean([gaps[f"gap_{k}"] for k in CORE_METRICS]))
+            per_seed.append(m.get(obj.metric, gaps.get(obj.metric, math.nan)))
+        point.append(float(np.mean(per_seed)))
+    return point
+
+
+def _markers(spec: SweepSpec, refs: dict[int, dict]) -> dict[str, dict[str, float]]:
+    """Original and retrain as points in objective space (gap metrics: retrain is 0)."""
+    out = {}
+    for role in ("original", "retrain"):
+        rows = []
+        for r in refs.values():
+            fake = {"unlearned": {**r[role], "RTE_s": math.nan}, "retrain": r["retrain"],
+                    "avg_gap": float(np.mean([abs(r[role][k] - r["retrain"][k]) for k in CORE_METRICS]))}
+            rows.append(trial_metrics(fake))
+        out[role] = {k: float(np.mean([m[k] for m in rows])) for k in rows[0]}
+    return out
+
+
+def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking_uri: str,
+             experiment_id: str, parent_run_id: str) -> dict:
+    """Frontier flags, hypervolume, plot; logged to the parent run and tagged on children."""
+    from mlflow.tracking import MlflowClient
+
+    table = ResultsTable(paths.results)
+    mask = refresh_pareto(spec, table)
+    df = table.read()
+    client = MlflowClient(tracking_uri)
+    summary = {"trials": int(len(df)), "completed": int((df.get("status") == "ok").sum()) if len(df) else 0,
+               "frontier": int(mask.sum())}
+    if len(df) and mask.any():
+        cols = [o.metric for o in spec.objectives]
+        front = df.loc[mask, cols].to_numpy(dtype=float)
+        ref_point = reference_point(spec, refs)
+        summary["hypervolume"] = hypervolume(front, [o.direction for o in spec.objectives], ref_point)
+        summary["hypervolume_reference_point"] = ref_point
+        ok = df[df["status"] == "ok"] if "status" in df else df
+        plotted = plot_frontier(df, [(o.metric, o.direction) for o in spec.objectives], paths.plot,
+                                markers=_markers(spec, refs))
+        summary["plots"] = [str(p) for p in plotted]
+        for p in plotted:
+            client.log_artifact(parent_run_id, str(p))
+        client.log_metric(parent_run_id, "hypervolume", summary["hypervolume"])
+        client.log_metric(parent_run_id, "best_avg_gap", float(ok["avg_gap"].min()))
+    for row, on_front in zip(df.itertuples(), mask):
+        run_id = getattr(row, "mlflow_run_id", None)
+        if isinstance(run_id, str) and run_id:
+            client.set_tag(run_id, "pareto", "true" if on_front else "false")
+    client.log_artifact(parent_run_id, str(paths.results))
+    atomic_write_json(paths.root / "summary.json", summary)
+    client.set_terminated(parent_run_id, "FINISHED")
+    return summary
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    storage: Path,
+    trials: int | None = None,
+    name: str | None = None,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    spec_text: str | None = None,
+) -> dict:
+    import mlflow
+    import ray
+    from mlflow.tracking import MlflowClient
+    from optuna.samplers import TPESampler
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    if trials is not None:
+        spec = spec.model_copy(update={"trials": trials})
+    if name is not None:
+        spec = spec.model_copy(update={"name": name})
+    storage = Path(storage).resolve() if "://" not in str(storage) else storage
+    paths = SweepPaths(Path(storage) / spec.name)
+    started = paths.tune.exists()
+    if started and not resume:
+        raise UserError(f"sweep {spec.name!r} already exists in {paths.root}; use --resume or another --name")
+    if resume and not started:
+        raise UserError(f"--resume: no sweep {spec.name!r} in {paths.root} to resume")
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if spec_text is not None and not resume:
+        (paths.root / "spec.yaml").write_text(spec_text)
+    atomic_write_json(paths.root / "spec.resolved.json", spec.model_dump())
+
+    tracking_uri = tracking_uri or tracking.default_tracking_uri(Path(storage))
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    experiment_id = tracking.ensure_experiment(client, spec.name, Path(storage), tracking_uri)
+    parent_run_id = tracking.find_or_create_parent(client, experiment_id, spec.name)
+
+    refs = build_references(spec, paths.references, progress)
+    if not resume:
+        client.log_params(parent_run_id, {"space": json.dumps(spec.model_dump()["search"])[:6000],
+                                          "objectives": json.dumps([o.model_dump() for o in spec.objectives]),
+                                          "trials": spec.trials, "seeds": ",".join(map(str, spec.seeds)),
+                                          "code_version": _code_version()})
+        client.log_dict(parent_run_id, spec.model_dump(), "spec.resolved.json")
+        if spec_text is not None:
+            client.log_text(parent_run_id, spec_text, "spec.yaml")
+        for seed, r in refs.items():
+            for role, metrics in r.items():
+                for k, v in metrics.items():
+                    client.log_metric(parent_run_id, f"{role}.{k}", v, step=seed)
+
+    ctx = TrialContext(spec.model_dump(), spec.name, str(paths.references), tracking_uri, experiment_id,
+                       parent_run_id)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, ctx=ctx), {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    )
+    callbacks = [ResultsCallback(spec, paths.results)]
+    failure = tune.FailureConfig(max_failures=2)
+    if resume:
+        tuner = tune.Tuner.restore(str(paths.tune), trainable, resume_errored=False, restart_errored=True)
+    else:
+        default = spec.default_point()
+        searcher = OptunaSearch(
+            metric=[o.metric for o in spec.objectives],
+            mode=[o.direction for o in spec.objectives],
+            points_to_evaluate=[default] if default else None,
+            sampler=TPESampler(seed=spec.sampler_seed, n_startup_trials=min(6, spec.trials), multivariate=True),
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={k: d.tune_domain() for k, d in spec.search.items()},
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.trials,
+                                        max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(name="tune", storage_path=str(paths.root), failure_config=failure,
+                                      callbacks=callbacks, verbose=1 if progress else 0),
+        )
+    tuner.fit()
+    return finalize(spec, paths, refs, tracking_uri, experiment_id, parent_run_id)
+
+
+def _code_version() -> str:
+    import subprocess
+
+    from orchestrator import __version__
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
