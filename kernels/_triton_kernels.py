@@ -8,6 +8,8 @@ blocks take an unmasked path (vectorised loads when ALIGNED: every base address 
 multiple of 16 bytes); the last block of a tensor takes the masked path.
 Scores are ``|float32(w) * float32(g)|``, exactly as the reference computes them.
 Under TRITON_INTERPRET=1 the same kernels run on CPU tensors.
+Integer arguments are not specialised and LOG_T comes in buckets, so one compiled variant per
+(kernel, dtypes, mode) serves every list.
 """
 from __future__ import annotations
 
@@ -75,7 +77,7 @@ def _acc_block(bp, gp, offs, n, FULL: tl.constexpr):
         tl.store(bp + offs, (b.to(tl.float32) + tl.abs(g.to(tl.float32))).to(b.dtype), mask=m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks", "T"])
 def acc_abs_kernel(table, blk_off, n_blocks, T, A_T: tl.constexpr, B_T: tl.constexpr,
                    LOG_T: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
     """table: (buffer, gradient, numel, -): buffer += |gradient|."""
@@ -93,7 +95,7 @@ def acc_abs_kernel(table, blk_off, n_blocks, T, A_T: tl.constexpr, B_T: tl.const
 # ----------------------------------------------------------------------------- selection
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "first", "stride", "n_samples"])
 def sample_kernel(table, cum, T, first, stride, n_samples, out,
                   A_T: tl.constexpr, B_T: tl.constexpr, LOG_T: tl.constexpr, SBLOCK: tl.constexpr):
     """out[j] = score at run-local flat position first + j * stride (cum: entries before each tensor)."""
@@ -129,7 +131,7 @@ def _cc_block(wp, gp, offs, n, lo, hi, cand, fill, cap, gt, eqh, eql, ins, FULL:
     return fill + k, gt, eqh, eql, ins + k.to(tl.int64)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks", "T", "cap"])
 def count_collect_kernel(table, blk_off, n_blocks, T, lo, hi, counts, cand, cap,
                          A_T: tl.constexpr, B_T: tl.constexpr, LOG_T: tl.constexpr,
                          BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
@@ -162,7 +164,7 @@ def count_collect_kernel(table, blk_off, n_blocks, T, lo, hi, counts, cand, cap,
 # ----------------------------------------------------------------------------- trimming
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks", "T"])
 def tie_count_kernel(table, blk_off, n_blocks, T, tau, out,
                      A_T: tl.constexpr, B_T: tl.constexpr, LOG_T: tl.constexpr,
                      BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
@@ -196,7 +198,7 @@ def _trim_block(wp, gp, offs, n, tau, ties_before, take_ties, seed, low, high, T
     return tl.sum(sel.to(tl.int32), 0).to(tl.int64)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks", "T", "take_ties"])
 def trim_kernel(table, blk_off, n_blocks, T, tau, take_ties, ties_before, seeds, bounds, changed,
                 A_T: tl.constexpr, B_T: tl.constexpr, LOG_T: tl.constexpr, BLOCK: tl.constexpr,
                 ALIGNED: tl.constexpr, TIES: tl.constexpr):
@@ -239,7 +241,7 @@ def _dots_block(gp, rp, offs, n, FULL: tl.constexpr):
     return tl.sum(g * r, 0), tl.sum(r * r, 0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks", "T"])
 def dots_kernel(table, blk_off, n_blocks, T, out,
                 A_T: tl.constexpr, B_T: tl.constexpr, LOG_T: tl.constexpr,
                 BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
@@ -270,7 +272,7 @@ def _axpy_block(gp, rp, offs, n, v, FULL: tl.constexpr):
         tl.store(gp + offs, (g.to(tl.float32) + v * r.to(tl.float32)).to(g.dtype), mask=m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks", "T"])
 def axpy_kernel(table, blk_off, n_blocks, T, coef,
                 A_T: tl.constexpr, B_T: tl.constexpr, LOG_T: tl.constexpr, BLOCK: tl.constexpr,
                 ALIGNED: tl.constexpr, PER_TENSOR: tl.constexpr):
@@ -306,7 +308,7 @@ def _stream_block(ap, bp, offs, n, FULL: tl.constexpr):
     return tl.sum(a + b, 0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks", "T"])
 def stream_kernel(table, blk_off, n_blocks, T, out,
                   A_T: tl.constexpr, B_T: tl.constexpr, LOG_T: tl.constexpr,
                   BLOCK: tl.constexpr, ALIGNED: tl.constexpr):

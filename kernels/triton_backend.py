@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -47,11 +48,15 @@ def _check_dtype(t: torch.Tensor) -> None:
         raise TypeError(f"triton backend: dtype {t.dtype} unsupported (float32, bfloat16, float16)")
 
 
+@lru_cache(maxsize=None)
+def _sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _programs(device: torch.device, n_blocks: int, per_sm: int = 8) -> int:
     if INTERPRET or device.type != "cuda":
         return max(1, min(n_blocks, 2))
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(n_blocks, sms * per_sm))
+    return max(1, min(n_blocks, _sms(device.index if device.index is not None else torch.cuda.current_device()) * per_sm))
 
 
 @dataclass
@@ -70,12 +75,24 @@ class _Plan:
     numels: list[int]
     idx: list[int]  # positions of the tensors in the caller's list
     blk_tensor: torch.Tensor | None = None  # int64 [n_blocks]: tensor of each block (lazy)
+    idx_dev: torch.Tensor | None = None  # idx on the device (lazy)
+
+    def index(self) -> torch.Tensor:
+        if self.idx_dev is None:
+            self.idx_dev = torch.tensor(self.idx, device=self.table.device)
+        return self.idx_dev
 
     def meta(self) -> dict:
         return dict(A_T=self.a_t, B_T=self.b_t, LOG_T=self.log_t, BLOCK=BLOCK, ALIGNED=self.aligned)
 
 
 _plans: OrderedDict = OrderedDict()
+
+
+def _log_bucket(t: int) -> int:
+    """Binary-search steps for t tensors, rounded up to a multiple of 4 (extra steps are no-ops)."""
+    need = max(1, math.ceil(math.log2(max(1, t))))
+    return 4 * math.ceil(need / 4)
 
 
 def _plan(a: Tensors, b: Tensors, idx: list[int], extra: Sequence[int] | None = None) -> _Plan:
@@ -104,7 +121,7 @@ def _plan(a: Tensors, b: Tensors, idx: list[int], extra: Sequence[int] | None = 
         cum=torch.tensor(cum, dtype=torch.int64).to(device),
         n_blocks=blk_off[-1],
         T=len(idx),
-        log_t=max(1, math.ceil(math.log2(max(1, len(idx))))),
+        log_t=_log_bucket(len(idx)),
         a_t=_DT[a_list[0].dtype],
         b_t=_DT[b_list[0].dtype],
         aligned=all(x.data_ptr() % 16 == 0 and y.data_ptr() % 16 == 0 for x, y in zip(a_list, b_list)),
@@ -310,21 +327,27 @@ def masked_reinit_(
         excl = torch.cumsum(allb, 0) - allb
         ties_before = list(torch.split(excl, [p.n_blocks for p in plans]))
     seeds = torch.randint(0, 2**31 - 1, (len(weights),), generator=fresh_gen, device=device)
-    bounds = torch.tensor(
-        [[0.0, 0.0] if s is None else [s.low, s.high] for s in inits], dtype=torch.float32
-    ).to(device)
+    bounds = _bounds(tuple(inits), device)
     changed = []
     for k, plan in enumerate(plans):
-        idx = torch.tensor(plan.idx, device=device)
         p = _programs(device, plan.n_blocks)
         out = torch.empty(p, dtype=torch.int64, device=device)
         before = ties_before[k] if mode == 2 else out
+        whole = plan.idx == list(range(len(weights)))
         _launch(
-            K.trim_kernel, plan, tau, take, before, seeds[idx].contiguous(), bounds[idx].contiguous(), out,
+            K.trim_kernel, plan, tau, take, before,
+            seeds if whole else seeds[plan.index()], bounds if whole else bounds[plan.index()], out,
             programs=p, TIES=mode,
         )
         changed.append(out.sum())
     return int(torch.stack(changed).sum()) if changed else 0
+
+
+@lru_cache(maxsize=16)
+def _bounds(inits: tuple, device: torch.device) -> torch.Tensor:
+    """(low, high) per tensor on the device (cached: the same init specs come back every call)."""
+    rows = [[0.0, 0.0] if s is None else [s.low, s.high] for s in inits]
+    return torch.tensor(rows, dtype=torch.float32).to(device)
 
 
 # --------------------------------------------------------------------------- projection
@@ -344,21 +367,27 @@ def project_(
         return reference.project_(grads, refs, margin, eps, scope)
     plans = _runs(grads, refs)
     device = grads[0].device if len(grads) else torch.device("cpu")
-    gr = torch.zeros(len(grads), dtype=torch.float64, device=device)
-    rr = torch.zeros(len(grads), dtype=torch.float64, device=device)
-    for plan in plans:
+    parts = []
+    for plan in plans:  # pass 1: per-block (<g, r>, <r, r>) of every tensor, one launch per dtype run
         out = torch.empty(plan.n_blocks, 2, dtype=torch.float64, device=device)
         _launch(K.dots_kernel, plan, out)
-        if plan.blk_tensor is None:
-            sizes = torch.tensor([-(-n // BLOCK) for n in plan.numels])
-            plan.blk_tensor = torch.repeat_interleave(torch.tensor(plan.idx), sizes).to(device)
-        gr.index_add_(0, plan.blk_tensor, out[:, 0])
-        rr.index_add_(0, plan.blk_tensor, out[:, 1])
+        parts.append(out)
     if scope == "global":
-        gr, rr = gr.sum().reshape(1), rr.sum().reshape(1)
+        tot = torch.cat(parts).sum(0) if parts else torch.zeros(2, dtype=torch.float64, device=device)
+        gr, rr = tot[0:1], tot[1:2]
+    else:
+        gr = torch.zeros(len(grads), dtype=torch.float64, device=device)
+        rr = torch.zeros(len(grads), dtype=torch.float64, device=device)
+        for plan, out in zip(plans, parts):
+            if plan.blk_tensor is None:
+                sizes = torch.tensor([-(-n // BLOCK) for n in plan.numels])
+                plan.blk_tensor = torch.repeat_interleave(torch.tensor(plan.idx), sizes).to(device)  # cached
+            gr.index_add_(0, plan.blk_tensor, out[:, 0])
+            rr.index_add_(0, plan.blk_tensor, out[:, 1])
     coef = torch.where(gr < 0, torch.clamp(-gr / (rr + eps), min=margin), torch.zeros_like(gr))
-    for plan in plans:
-        c = coef if scope == "global" else coef[torch.tensor(plan.idx, device=device)].contiguous()
+    for plan in plans:  # pass 2: g += coef * r in place, skipped where the coefficient is 0
+        whole = plan.idx == list(range(len(grads)))
+        c = coef if scope == "global" or whole else coef[plan.index()]
         _launch(K.axpy_kernel, plan, c, PER_TENSOR=scope != "global")
     return coef.float()
 

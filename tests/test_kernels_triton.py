@@ -47,8 +47,11 @@ def _case(gen, device, n_tensors, max_numel, dtype, g_dtype, ties):
     return ws, gs
 
 
-def run_checks(device: str, cases: int, max_numel: int, seed: int = 0) -> dict:
-    """Every triton entry point against the reference on random lists; returns a summary."""
+def run_checks(device: str, cases: int, max_numel: int, seed: int = 0, all_pairs: bool = True) -> dict:
+    """Every triton entry point against the reference on random lists; returns a summary.
+
+    ``all_pairs``: weight/gradient dtype pairs of all kinds (else three, to bound GPU compile time).
+    """
     from kernels import reference as R
     from kernels import triton_backend as TB
     from kernels.reference import InitSpec
@@ -59,7 +62,10 @@ def run_checks(device: str, cases: int, max_numel: int, seed: int = 0) -> dict:
     t0 = time.time()
     for c in range(cases):
         dtype = dtypes[c % 3]
-        g_dtype = torch.float32 if c % 2 else dtype
+        if all_pairs:
+            g_dtype = torch.float32 if c % 2 else dtype
+        else:
+            g_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
         ties = ["none", "some", "heavy"][(c // 3) % 3]
         n_tensors = 1 + c % 5
         ws, gs = _case(gen, device, n_tensors, max_numel, dtype, g_dtype, ties)
@@ -167,9 +173,9 @@ cuda = pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason
 @pytest.mark.gpu
 @cuda
 def test_triton_kernels_match_the_reference_on_the_gpu():
-    summary = run_checks("cuda", cases=24, max_numel=300_000, seed=1)
+    summary = run_checks("cuda", cases=18, max_numel=300_000, seed=1, all_pairs=False)
     print(json.dumps(summary))
-    assert summary["select"] >= 24 * 4
+    assert summary["select"] >= 18 * 4
 
 
 @pytest.mark.gpu
