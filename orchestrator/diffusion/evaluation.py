@@ -67,19 +67,24 @@ def features(classifier: nn.Module, x: torch.Tensor, batch_size: int = 512) -> t
     return torch.cat(logits), torch.cat(feats)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of two feature sets."""
-    from scipy import linalg
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of two feature sets.
+
+    Tr((S_a S_b)^(1/2)) = sum of sqrt(eigenvalues of S_a^(1/2) S_b S_a^(1/2)), a symmetric PSD
+    matrix: exact, stable for singular covariances, and independent of scipy's sqrtm API.
+    """
     a, b = a.astype(np.float64), b.astype(np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s_a @ s_b, disp=False)
-    if not np.isfinite(covmean).all():  # singular product: regularise as the FID reference does
-        off = np.eye(len(s_a)) * 1e-6
-        covmean = linalg.sqrtm((s_a + off) @ (s_b + off))
-    covmean = np.real(covmean)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2.0 * np.trace(covmean))
+    s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    root_a = _psd_sqrt(s_a)
+    eig = np.linalg.eigvalsh(root_a @ s_b @ root_a)
+    tr_covmean = float(np.sqrt(np.clip(eig, 0, None)).sum())
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2.0 * tr_covmean)
 
 
 def sample_metrics(

@@ -82,4 +82,9 @@ def log_model(run_id: str, tracking_uri: str, model) -> None:
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         # Explicit requirements: inferring them re-imports the model and costs seconds per trial.
-        mlflow.pytorch.log_model(model, name="model", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        # "pickle": the pt2 default needs an input example and a traceable graph; pickling the
+        # module keeps load_model exact for any model this project builds.
+        mlflow.pytorch.log_model(
+            model, name="model", serialization_format="pickle",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "scissorhands-sweep"],
+        )

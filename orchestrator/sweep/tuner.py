@@ -30,7 +30,7 @@ from orchestrator.sweep.spec import CLASSIFICATION_METRICS, SweepSpec
 from ray.tune import Callback
 
 METRIC_KEYS = set(CLASSIFICATION_METRICS)
-REPORTED_EXTRA = {"status", "error", "mlflow_run_id", "node_ip"}
+REPORTED_EXTRA = {"status", "error", "mlflow_run_id", "node_ip", "node_id"}
 
 PENALTY = 1e6  # objective value of a failed (diverged / pruned) trial: the worst the searcher can see
 
@@ -135,23 +135,23 @@ def run_trial(searched: dict, ctx: TrialContext) -> dict:
         client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
         tracking.log_model(run_id, ctx.tracking_uri, first_model)
         client.set_terminated(run_id, "FINISHED")
-        return {**metrics, "status": "ok", "error": "", "mlflow_run_id": run_id, "node_ip": _node_ip()}
+        return {**metrics, "status": "ok", "error": "", "mlflow_run_id": run_id, **_node()}
     except DivergenceError as exc:  # deterministic: recorded as failed, never retried
         client.set_tag(run_id, "error", str(exc))
         client.set_terminated(run_id, "FAILED")
         penalty = {o.metric: PENALTY if o.direction == "min" else -PENALTY for o in spec.objectives}
         status = "pruned" if isinstance(exc, Pruned) else "failed"
-        return {**penalty, "status": status, "error": str(exc), "mlflow_run_id": run_id, "node_ip": _node_ip()}
+        return {**penalty, "status": status, "error": str(exc), "mlflow_run_id": run_id, **_node()}
     except BaseException as exc:  # anything else may be transient (lost node, OOM): Ray retries it
         client.set_tag(run_id, "error", "".join(traceback.format_exception_only(exc)).strip())
         client.set_terminated(run_id, "FAILED")
         raise
 
 
-def _node_ip() -> str:
+def _node() -> dict[str, str]:
     import ray
 
-    return ray.util.get_node_ip_address()
+    return {"node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id()}
 
 
 def _metric(key: str, value: float):
@@ -340,10 +340,12 @@ def run_sweep(
 
     refs = build_references(spec, paths.references, progress)
     if not resume:
-        client.log_params(parent_run_id, {"space": json.dumps(spec.model_dump()["search"])[:6000],
-                                          "objectives": json.dumps([o.model_dump() for o in spec.objectives]),
-                                          "trials": spec.trials, "seeds": ",".join(map(str, spec.seeds)),
-                                          "code_version": _code_version()})
+        from mlflow.entities import Param
+
+        params = {"space": json.dumps(spec.model_dump()["search"])[:6000],
+                  "objectives": json.dumps([o.model_dump() for o in spec.objectives]),
+                  "trials": spec.trials, "seeds": ",".join(map(str, spec.seeds)), "code_version": _code_version()}
+        client.log_batch(parent_run_id, params=[Param(k, str(v)) for k, v in params.items()])
         client.log_dict(parent_run_id, spec.model_dump(), "spec.resolved.json")
         if spec_text is not None:
             client.log_text(parent_run_id, spec_text, "spec.yaml")

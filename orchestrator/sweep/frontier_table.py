@@ -1,0 +1,42 @@
+"""`scissorhands frontier NAME`: the frontier from the sweep's Parquet table alone (no Ray)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from orchestrator.errors import UserError
+from orchestrator.sweep.results import ResultsTable
+
+SHOWN_METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "RTE_s")
+
+
+def load_results(storage: Path, name: str) -> tuple[pd.DataFrame, dict]:
+    root = Path(storage) / name
+    spec_file = root / "spec.resolved.json"
+    if not spec_file.is_file():
+        known = sorted(p.parent.name for p in Path(storage).glob("*/spec.resolved.json"))
+        raise UserError(f"no sweep named {name!r} in {storage}; sweeps there: {', '.join(known) or 'none'}")
+    return ResultsTable(root / "results.parquet").read(), json.loads(spec_file.read_text())
+
+
+def format_frontier(storage: Path, name: str, show_all: bool = False) -> str:
+    df, spec = load_results(storage, name)
+    if df.empty:
+        return f"sweep {name}: no finished trials yet"
+    objectives = [(o["metric"], o["direction"]) for o in spec["objectives"]]
+    knobs = [f"config.{k}" for k in spec["search"] if f"config.{k}" in df]
+    rows = df if show_all else df[df.get("pareto", False).fillna(False).astype(bool)]
+    metric_cols = list(dict.fromkeys([m for m, _ in objectives] + [m for m in SHOWN_METRICS if m in df]))
+    cols = ["trial_id", "status", *knobs, *metric_cols]
+    if show_all and "pareto" in df:
+        cols.append("pareto")
+    view = rows[[c for c in cols if c in rows]].rename(columns=lambda c: c.removeprefix("config."))
+    if objectives[0][0] in view:
+        view = view.sort_values(objectives[0][0], ascending=objectives[0][1] == "min")
+    header = (f"sweep {name}: {len(df)} trials, {int((df.get('status') == 'ok').sum())} completed, "
+              f"{int(df.get('pareto', pd.Series(dtype=bool)).fillna(False).sum())} on the frontier "
+              f"(objectives: {', '.join(f'{d} {m}' for m, d in objectives)})")
+    with pd.option_context("display.width", 200, "display.max_columns", 40, "display.float_format", "{:.4g}".format):
+        return header + "\n" + view.to_string(index=False)
