@@ -1,0 +1,191 @@
+"""Stable Diffusion concept erasure from a local diffusers pipeline folder (``--pretrained DIR``).
+
+No hub access: the pipeline is loaded with ``local_files_only=True``. Only the UNet changes;
+the text encoder, tokenizer and VAE stay frozen.
+
+Data. There is no image set for a text concept, so the run makes its own, as concept-erasure
+methods do: the original pipeline generates ``sd_samples_per_prompt`` latents (DDIM, the
+run's guidance scale) for every forget prompt (D_f) and every retain prompt (D_r; default:
+the anchor prompt alone). The three Scissorhands stages then run unchanged
+(``orchestrator.methods.scissorhands_diffusion``): scoring with the noise-prediction loss of
+the forget prompts, trimming of the selected UNet modules, repair with
+L_r + lambda * MSE(eps(x_t, c_forget), stopgrad eps(x_t, c_anchor)) (or ascent), optional projection.
+
+Evaluation (no classifier exists for an arbitrary concept), on fixed probes (x_t, t, noise)
+drawn once from ``eval_seed``:
+- ``forget_anchor_gap``: mean MSE between eps(x_t, c_forget) and eps(x_t, c_anchor) on
+  forget latents; erasure drives it toward 0 (the forget prompt behaves like the anchor).
+  ``gap_ratio`` = unlearned / original.
+- ``forget_loss`` / ``retain_loss``: the denoising MSE on D_f (forget prompts) and D_r.
+- ``retain_drift``: mean MSE between the unlearned and the original UNet's eps on retain
+  probes: how much the rest of the model moved (want small).
+Sample grids (forget prompts, original vs unlearned, same noise) are decoded with the VAE.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import orchestrator.methods.scissorhands_diffusion  # noqa: F401  (registers the method)
+from orchestrator.diffusion.config import DiffusionRunConfig
+from orchestrator.diffusion.evaluation import save_grid
+from orchestrator.diffusion.references import to_uint8
+from orchestrator.diffusion.sampling import ddim_sample, q_sample
+from orchestrator.diffusion.tasks import PromptTask
+from orchestrator.errors import UserError
+from orchestrator.methods import METHODS
+from orchestrator.trial import TrialResult
+
+
+def load_pipeline(path: str | Path):
+    """A local StableDiffusionPipeline (offline); a clear UserError if it is not one."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise UserError("--pretrained needs the 'transformers' package (pip install transformers)") from None
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(path), local_files_only=True, safety_checker=None, requires_safety_checker=False
+        )
+    except Exception as exc:
+        raise UserError(f"--pretrained {path}: not a loadable StableDiffusionPipeline folder "
+                        f"({type(exc).__name__}: {str(exc)[:300]})") from None
+    return pipe
+
+
+class PromptEncoder:
+    def __init__(self, tokenizer, text_encoder, device):
+        self.tokenizer, self.text_encoder, self.device = tokenizer, text_encoder, device
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        return self.text_encoder(ids)[0]
+
+
+def _eps(unet):
+    return lambda x, t, c: unet(x, t, encoder_hidden_states=c).sample
+
+
+@torch.no_grad()
+def _generate(unet, emb: torch.Tensor, emb_null: torch.Tensor, per_prompt: int, shape, abar, cfg, generator):
+    """``per_prompt`` latents for each prompt embedding (rows of ``emb``), and their conditions."""
+    cond = emb.repeat_interleave(per_prompt, dim=0)
+    noise = torch.randn((len(cond), *shape), generator=generator).to(emb.device)
+    null = emb_null.expand(len(cond), -1, -1)
+    lat = ddim_sample(_eps(unet), noise, cond, null, abar, cfg.ddim_steps, cfg.guidance_scale, clip=None)
+    return lat, cond
+
+
+class Probes:
+    """Fixed (x_t, t, noise) on given latents, for before/after comparisons."""
+
+    def __init__(self, lat: torch.Tensor, cond: torch.Tensor, abar: torch.Tensor, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.t = torch.randint(0, len(abar), (len(lat),), generator=g).to(lat.device)
+        self.noise = torch.randn(lat.shape, generator=g).to(lat.device)
+        self.x_t = q_sample(lat, self.t, self.noise, abar)
+        self.cond = cond
+
+    @torch.no_grad()
+    def eps(self, unet, cond=None) -> torch.Tensor:
+        return _eps(unet)(self.x_t, self.t, self.cond if cond is None else cond)
+
+
+@torch.no_grad()
+def _metrics(unet, pf: Probes, pr: Probes, emb_anchor) -> dict:
+    e_f = pf.eps(unet)
+    e_a = pf.eps(unet, emb_anchor.expand(len(pf.cond), -1, -1))
+    return {
+        "forget_anchor_gap": round(float(F.mse_loss(e_f, e_a)), 6),
+        "forget_loss": round(float(F.mse_loss(e_f, pf.noise)), 6),
+        "retain_loss": round(float(F.mse_loss(pr.eps(unet), pr.noise)), 6),
+    }
+
+
+@torch.no_grad()
+def _decode_grid(vae, latents: torch.Tensor, path: Path, columns: int) -> Path:
+    images = vae.decode(latents / vae.config.scaling_factor).sample
+    images = to_uint8(images.float()).cpu()
+    rows = torch.arange(len(images)) // columns
+    return save_grid(images, rows, path, columns, scale=1)
+
+
+def run_prompt_unlearning(
+    cfg: DiffusionRunConfig,
+    artifact_dir: Path,
+    *,
+    progress: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrialResult:
+    from orchestrator.diffusion.run import resolve_device
+
+    device = resolve_device(cfg.device)
+    pipe = load_pipeline(cfg.pretrained)
+    unet, vae = pipe.unet.to(device).eval(), pipe.vae.to(device).eval()
+    text_encoder = pipe.text_encoder.to(device).eval().requires_grad_(False)
+    vae.requires_grad_(False)
+    encode = PromptEncoder(pipe.tokenizer, text_encoder, device)
+    abar = pipe.scheduler.alphas_cumprod.float().to(device)
+    size = unet.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    shape = (unet.config.in_channels, *size)
+
+    forget_prompts = list(cfg.forget_prompts)
+    retain_prompts = list(cfg.retain_prompts) or [cfg.anchor_prompt]
+    emb_f, emb_r = encode(forget_prompts), encode(retain_prompts)
+    emb_a, emb_null = encode([cfg.anchor_prompt]), encode([""])
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    per = cfg.sd_samples_per_prompt
+    lat_f, cond_f = _generate(unet, emb_f, emb_null, per, shape, abar, cfg, generator)
+    lat_r, cond_r = _generate(unet, emb_r, emb_null, per, shape, abar, cfg, generator)
+    probes_f = Probes(lat_f, cond_f, abar, cfg.eval_seed)
+    probes_r = Probes(lat_r, cond_r, abar, cfg.eval_seed + 1)
+    original = copy.deepcopy(unet).requires_grad_(False)
+    m_original = _metrics(original, probes_f, probes_r, emb_a)
+
+    task = PromptTask(lat_f, cond_f, lat_r, cond_r, emb_a, abar)
+    reinit_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    result = METHODS["scissorhands_diffusion"](
+        unet, task, cfg, generator, reinit_generator=reinit_generator, on_epoch=on_epoch
+    )
+    m_unlearned = _metrics(result.model, probes_f, probes_r, emb_a)
+    with torch.no_grad():
+        m_unlearned["retain_drift"] = round(float(F.mse_loss(probes_r.eps(result.model), probes_r.eps(original))), 6)
+    m_unlearned["RTE_s"] = round(result.seconds, 3)
+    gap0 = m_original["forget_anchor_gap"]
+    m_unlearned["gap_ratio"] = round(m_unlearned["forget_anchor_gap"] / gap0, 6) if gap0 > 0 else float("nan")
+
+    # Grids: forget prompts (then the anchor) from the same noise, original vs unlearned.
+    g = torch.Generator().manual_seed(cfg.eval_seed)
+    cols = min(cfg.grid_columns, 4)
+    emb_grid = torch.cat([emb_f, emb_a])
+    artifacts = []
+    for name, net in (("original", original), ("unlearned", result.model)):
+        g.manual_seed(cfg.eval_seed)
+        lat, _ = _generate(net, emb_grid, emb_null, cols, shape, abar, cfg, g)
+        artifacts.append(str(_decode_grid(vae, lat, Path(artifact_dir) / f"grid-{name}.png", cols)))
+
+    report = {
+        "original": m_original,
+        "retrain": None,  # no retrain reference exists for a pretrained text-to-image model
+        "unlearned": m_unlearned,
+        "config": {"method": "scissorhands_diffusion", "task": "diffusion", "mode": "prompt", **cfg.to_dict()},
+    }
+    stats = {k: v for k, v in result.stats.items() if k != "trimmed_params"}
+    extras = {
+        "original": m_original, "unlearned": m_unlearned, "artifacts": artifacts,
+        "prompts": {"forget": forget_prompts, "anchor": cfg.anchor_prompt, "retain": retain_prompts},
+        "trimmed_params": result.stats.get("trimmed_params", []), **stats,
+    }
+    return TrialResult(report, result.model, result.history, extras)
