@@ -29,9 +29,58 @@ from pathlib import Path
 
 SOURCE = r"""
 #include <stdint.h>
+#include <string.h>
 #include <math.h>
 
-#define BLK 16
+/* 16 float lanes (one AVX-512 register; GCC splits it where the CPU is narrower). */
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+#define VL 16
+#define STEP 64 /* entries per unrolled step: 4 vectors */
+
+static inline vf ld(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+/* |w*g| exactly as fabsf(w*g): one IEEE multiply, then the sign bit cleared */
+static inline vf score(const float *w, const float *g) {
+    vf x = ld(w) * ld(g);
+    vi b;
+    memcpy(&b, &x, sizeof b);
+    b &= 0x7fffffff;
+    memcpy(&x, &b, sizeof x);
+    return x;
+}
+static inline int any(vi m) {
+    int32_t r = 0;
+    for (int k = 0; k < VL; k++) r |= m[k];
+    return r != 0;
+}
+/* bit k set where lane k of the comparison mask m is true */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static inline uint32_t bits16(vi m) {
+    __m512i x;
+    memcpy(&x, &m, sizeof x);
+    return (uint32_t)_mm512_cmplt_epi32_mask(x, _mm512_setzero_si512());
+}
+#elif defined(__AVX2__)
+#include <immintrin.h>
+static inline uint32_t bits16(vi m) {
+    __m256 lo, hi;
+    memcpy(&lo, &m, sizeof lo);
+    memcpy(&hi, (const char *)&m + sizeof lo, sizeof hi);
+    return (uint32_t)_mm256_movemask_ps(lo) | ((uint32_t)_mm256_movemask_ps(hi) << 8);
+}
+#else
+static inline uint32_t bits16(vi m) {
+    uint32_t r = 0;
+    for (int k = 0; k < VL; k++) r |= (uint32_t)(m[k] & 1) << k;
+    return r;
+}
+#endif
+static inline int64_t hsum(vi m) {
+    int64_t r = 0;
+    for (int k = 0; k < VL; k++) r += m[k];
+    return r;
+}
 
 /* buf[i] += |g[i]| */
 void sh_acc_abs(float *restrict buf, const float *restrict g, int64_t n) {
@@ -40,32 +89,35 @@ void sh_acc_abs(float *restrict buf, const float *restrict g, int64_t n) {
 
 /* One pass of the bracket search: with s = |w*g| and lo <= hi,
    counts[0] += #(s > hi), counts[1] += #(s == hi), counts[2] += #(s == lo && lo < hi),
-   counts[3] += #(lo < s < hi); the values lo < s < hi go to cand[fill..cap) in any order.
-   Returns the new fill (it may exceed cap; only cap values are stored). */
+   counts[3] += #(lo < s < hi); the values lo < s < hi go to cand[fill..cap) in order.
+   Returns the new fill (it may exceed cap; only cap values are stored).
+   n must stay below 2**31 * 16 (callers pass segments). */
 int64_t sh_count_collect(const float *restrict w, const float *restrict g, int64_t n,
                          float lo, float hi, int64_t *restrict counts,
                          float *restrict cand, int64_t cap, int64_t fill) {
     int64_t gt = 0, eqh = 0, eql = 0, ins = 0;
+    vi above = {0};
     int64_t i = 0;
-    float s[BLK];
-    for (; i + BLK <= n; i += BLK) {
-        int in_bracket = 0, above = 0;
-        for (int j = 0; j < BLK; j++) {
-            s[j] = fabsf(w[i + j] * g[i + j]);
-            above += s[j] > hi;
-            in_bracket += s[j] >= lo;
+    for (; i + STEP <= n; i += STEP) {
+        vf s[4];
+        vi in = {0};
+        for (int q = 0; q < 4; q++) {
+            s[q] = score(w + i + VL * q, g + i + VL * q);
+            vi a = s[q] > hi;
+            above -= a;
+            in |= (s[q] >= lo) & ~a;
         }
-        gt += above;
-        if (in_bracket > above) {
-            for (int j = 0; j < BLK; j++) {
-                float v = s[j];
+        if (!any(in)) continue;
+        for (int q = 0; q < 4; q++)
+            for (int k = 0; k < VL; k++) {
+                float v = s[q][k];
                 if (v > hi || v < lo) continue;
                 if (v == hi) eqh++;
                 else if (v == lo) eql++;
                 else { if (fill < cap) cand[fill] = v; fill++; ins++; }
             }
-        }
     }
+    gt += hsum(above);
     for (; i < n; i++) {
         float v = fabsf(w[i] * g[i]);
         if (v > hi) gt++;
@@ -81,32 +133,41 @@ int64_t sh_count_collect(const float *restrict w, const float *restrict g, int64
 /* counts[0] += #(s > tau), counts[1] += #(s == tau) */
 void sh_count_sel(const float *restrict w, const float *restrict g, int64_t n, float tau,
                   int64_t *restrict counts) {
-    int64_t gt = 0, eq = 0;
-    for (int64_t i = 0; i < n; i++) {
-        float v = fabsf(w[i] * g[i]);
-        gt += v > tau;
-        eq += v == tau;
+    vi gt = {0}, eq = {0};
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) {
+        vf s = score(w + i, g + i);
+        gt -= s > tau;
+        eq -= s == tau;
     }
-    counts[0] += gt; counts[1] += eq;
+    int64_t g1 = hsum(gt), e1 = hsum(eq);
+    for (; i < n; i++) {
+        float v = fabsf(w[i] * g[i]);
+        g1 += v > tau;
+        e1 += v == tau;
+    }
+    counts[0] += g1; counts[1] += e1;
 }
 
-/* w[i] <- fresh[j++] for every i with s > tau, and for the first `ties` i with s == tau.
-   Returns how many were written. */
+/* w[i] <- fresh[j++] for every i with s > tau, and for the first `ties` i with s == tau,
+   in index order. Returns how many were written. */
 int64_t sh_write_sel(float *restrict w, const float *restrict g, int64_t n, float tau,
                      int64_t ties, const float *restrict fresh) {
     int64_t j = 0, i = 0;
-    float s[BLK];
-    for (; i + BLK <= n; i += BLK) {
-        int hit = 0;
-        for (int k = 0; k < BLK; k++) {
-            s[k] = fabsf(w[i + k] * g[i + k]);
-            hit += s[k] >= tau;
+    for (; i + STEP <= n; i += STEP) {
+        vf s[4];
+        uint64_t above = 0, tied = 0;
+        for (int q = 0; q < 4; q++) {
+            s[q] = score(w + i + VL * q, g + i + VL * q);
+            above |= (uint64_t)bits16(s[q] > tau) << (VL * q);
+            tied |= (uint64_t)bits16(s[q] == tau) << (VL * q);
         }
-        if (!hit) continue;
-        for (int k = 0; k < BLK; k++) {
-            if (s[k] > tau) w[i + k] = fresh[j++];
-            else if (s[k] == tau && ties > 0) { ties--; w[i + k] = fresh[j++]; }
+        if (ties > 0 && tied) {  /* rare: some of this step's ties are taken, in index order */
+            uint64_t take = 0;
+            for (uint64_t t = tied; t && ties > 0; t &= t - 1, ties--) take |= t & -t;
+            above |= take;
         }
+        for (; above; above &= above - 1) w[i + __builtin_ctzll(above)] = fresh[j++];
     }
     for (; i < n; i++) {
         float v = fabsf(w[i] * g[i]);
@@ -121,15 +182,14 @@ void sh_dots(const float *restrict g, const float *restrict r, int64_t n, double
     double gr = 0.0, rr = 0.0;
     int64_t i = 0;
     for (; i + 256 <= n; i += 256) {
-        float a[BLK] = {0}, b[BLK] = {0};
-        for (int k = 0; k < 256; k += BLK)
-            for (int j = 0; j < BLK; j++) {
-                float x = g[i + k + j], y = r[i + k + j];
-                a[j] += x * y;
-                b[j] += y * y;
-            }
-        float sa = 0.0f, sb = 0.0f;
-        for (int j = 0; j < BLK; j++) { sa += a[j]; sb += b[j]; }
+        vf a = {0}, b = {0};
+        for (int k = 0; k < 256; k += VL) {
+            vf x = ld(g + i + k), y = ld(r + i + k);
+            a += x * y;
+            b += y * y;
+        }
+        double sa = 0.0, sb = 0.0;
+        for (int k = 0; k < VL; k++) { sa += a[k]; sb += b[k]; }
         gr += sa; rr += sb;
     }
     for (; i < n; i++) { gr += (double)g[i] * r[i]; rr += (double)r[i] * r[i]; }
@@ -137,7 +197,7 @@ void sh_dots(const float *restrict g, const float *restrict r, int64_t n, double
 }
 """
 
-_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC")
+_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-Wno-psabi")
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -160,7 +220,8 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
-def _compile(target: Path) -> bool:
+def compile_to(target: Path, native: bool = True) -> bool:
+    """Build the library at target (atomically); ``native`` adds -march=native when it works."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         return False
@@ -169,7 +230,7 @@ def _compile(target: Path) -> bool:
         src = Path(tmp) / "sh_native.c"
         src.write_text(SOURCE)
         out = Path(tmp) / "lib.so"
-        for extra in (("-march=native",), ()):
+        for extra in ((("-march=native",), ()) if native else ((),)):
             cmd = [cc, *_FLAGS, *extra, str(src), "-o", str(out), "-lm"]
             if subprocess.run(cmd, capture_output=True).returncode == 0:
                 os.replace(out, target)  # atomic: concurrent builders agree on the result
@@ -177,7 +238,8 @@ def _compile(target: Path) -> bool:
     return False
 
 
-def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the C signatures on a loaded library."""
     p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     lib.sh_acc_abs.argtypes = [p, p, i64]
     lib.sh_acc_abs.restype = None
@@ -205,8 +267,8 @@ def load() -> ctypes.CDLL | None:
         key = hashlib.sha256("\n".join([SOURCE, " ".join(_FLAGS), _cpu_key()]).encode()).hexdigest()[:16]
         target = _cache_dir() / f"sh_native_{key}.so"
         try:
-            if target.exists() or _compile(target):
-                _lib = _bind(ctypes.CDLL(str(target)))
+            if target.exists() or compile_to(target):
+                _lib = bind(ctypes.CDLL(str(target)))
         except OSError:
             _lib = None
         _tried = True

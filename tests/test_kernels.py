@@ -399,3 +399,47 @@ def test_key_round_trip():
     for x in (0.0, 1.401298464324817e-45, 1.5, 3.4028234663852886e38, float("inf")):
         assert _select.key_f32(_select.f32_key(x)) == x
     assert _select.f32_key(float("inf")) == _select.INF_KEY
+
+
+def test_portable_build_of_the_c_loops_matches_the_native_one(tmp_path):
+    """The library without -march=native (the generic-vector and scalar paths) gives the same answers."""
+    import ctypes
+
+    native = _native.load()
+    if native is None:
+        pytest.skip("no C compiler")
+    target = tmp_path / "portable.so"
+    assert _native.compile_to(target, native=False)
+    portable = _native.bind(ctypes.CDLL(str(target)))
+    gen = torch.Generator().manual_seed(5)
+    n = 64 * 40 + 13
+    w = torch.round(torch.randn(n, generator=gen) * 4) / 4
+    g = torch.round(torch.rand(n, generator=gen) * 4) / 4
+    s = (w * g).abs()
+    lo, hi = float(s.kthvalue(n - 300).values), float(s.kthvalue(n - 40).values)
+    tau = float(s.kthvalue(n - 100).values)
+    results = []
+    for lib in (native, portable):
+        counts = (ctypes.c_int64 * 4)()
+        cand = torch.zeros(n)
+        fill = lib.sh_count_collect(w.data_ptr(), g.data_ptr(), n, lo, hi, ctypes.addressof(counts), cand.data_ptr(), n, 0)
+        sel = (ctypes.c_int64 * 2)()
+        lib.sh_count_sel(w.data_ptr(), g.data_ptr(), n, tau, ctypes.addressof(sel))
+        ties = max(0, 100 - sel[0]) // 2
+        fresh = torch.arange(1, n + 1, dtype=torch.float32) * 100
+        wc = w.clone()
+        wrote = lib.sh_write_sel(wc.data_ptr(), g.data_ptr(), n, tau, ties, fresh.data_ptr())
+        dots = (ctypes.c_double * 2)()
+        lib.sh_dots(w.data_ptr(), g.data_ptr(), n, ctypes.addressof(dots))
+        buf = torch.ones(n)
+        lib.sh_acc_abs(buf.data_ptr(), w.data_ptr(), n)
+        results.append((list(counts), sorted(cand[:fill].tolist()), list(sel), wrote, wc, list(dots), buf))
+    (a, b) = results
+    assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2] and a[3] == b[3]
+    assert torch.equal(a[4], b[4]) and torch.equal(a[6], b[6])
+    assert a[5] == pytest.approx(b[5], rel=1e-6)
+    # and both agree with plain torch
+    assert a[0][0] == int((s > hi).sum()) and a[0][3] == int(((s > lo) & (s < hi)).sum())
+    assert a[2] == [int((s > tau).sum()), int((s == tau).sum())]
+    assert a[3] == a[2][0] + ties
+    assert a[5][0] == pytest.approx(float((w.double() * g.double()).sum()), rel=1e-5)
