@@ -1,0 +1,487 @@
+"""Diffusion unlearning (issue 6): tiny generators trained for real on the bundled MNIST digits.
+
+Sizes are tiny (8x8 images, a 2-level UNet, a few hundred steps) so the whole module runs
+in a few minutes on 2 CPU cores; the acceptance-size numbers live in the report, not here.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from orchestrator.diffusion.config import ClassifierRecipe, DiffusionRunConfig, GeneratorRecipe, with_knobs
+from orchestrator.errors import UserError
+
+TINY = DiffusionRunConfig(
+    image_size=8,
+    generator=GeneratorRecipe(widths=(16, 32), attention_head_dim=8, steps=250, batch_size=32, warmup_steps=20,
+                              ema_decay=0.98),
+    classifier=ClassifierRecipe(epochs=3),
+    score_batches=2, score_batch_size=32, trim_ratio=0.01,
+    epochs=2, steps_per_epoch=6, batch_size=32, lr=1e-3,
+    samples_per_class=4, ddim_steps=8, grid_columns=4, device="cpu",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("diffusion-cache")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(cache, tmp_path_factory):
+    """One full tiny run (trains the classifier and both generators into ``cache``)."""
+    from orchestrator.diffusion.run import run_diffusion_unlearning
+
+    log = tmp_path_factory.mktemp("log") / "builds.txt"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SCISSORHANDS_BUILD_LOG", str(log))
+    epochs = []
+    result = run_diffusion_unlearning(TINY, cache, progress=False, on_epoch=epochs.append)
+    yield result, epochs, log
+    mp.undo()
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize(
+    "knobs, words",
+    [
+        ({"trim_modules": ("attn2",)}, ["attn2", "attn1_up"]),
+        ({"trim_modules": ("up_blocks.(",)}, ["up_blocks.(", "regex"]),
+        ({"repair": "descent"}, ["descent", "anchor", "ascent"]),
+        ({"forget": "random:0.1"}, ["random:0.1", "class:3"]),
+        ({"forget": "klass:3"}, ["klass:3", "class:K"]),
+        ({"anchor_class": 3}, ["--anchor-class 3", "class:3"]),
+        ({"trim_ratio": 1.5}, ["--trim-ratio 1.5", "(0, 1)"]),
+        ({"image_size": 12}, ["--image-size 12", "16"]),
+        ({"threshold_scope": "global"}, ["global", "trimmed"]),
+        ({"repair_modules": "some"}, ["some", "all"]),
+        ({"device": "tpu"}, ["tpu", "cpu"]),
+        ({"epochs": 0}, ["--epochs 0", ">= 1"]),
+        ({"gen_ema_decay": 1.0}, ["--gen-ema-decay 1.0", "[0, 1)"]),
+        ({"gen_norm_groups": 5}, ["--gen-norm-groups 5", "divide"]),
+        ({"clf_model": "vgg"}, ["vgg", "resnet8"]),
+        ({"pretrained": "/nonexistent/sd"}, ["/nonexistent/sd", "no such directory"]),
+    ],
+)
+def test_validate_names_bad_value_and_allowed(knobs, words):
+    with pytest.raises(UserError) as err:
+        with_knobs(DiffusionRunConfig(), **knobs).validate()
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+
+
+def test_validate_prompt_mode(tmp_path):
+    (tmp_path / "model_index.json").write_text("{}")
+    base = DiffusionRunConfig(pretrained=str(tmp_path))
+    with pytest.raises(UserError, match="--forget-prompt"):
+        base.validate()
+    with pytest.raises(UserError, match="--anchor-prompt"):
+        dataclasses.replace(base, forget_prompts=("a cat",)).validate()
+    with pytest.raises(UserError, match="must differ"):
+        dataclasses.replace(base, forget_prompts=("a cat",), anchor_prompt="a cat").validate()
+    dataclasses.replace(base, forget_prompts=("a cat",), anchor_prompt="a dog", trim_modules=("attn2",)).validate()
+    with pytest.raises(UserError, match="model_index.json"):
+        DiffusionRunConfig(pretrained=str(tmp_path / ".."), forget_prompts=("x",), anchor_prompt="y").validate()
+
+
+def test_defaults_validate_and_round_trip():
+    cfg = DiffusionRunConfig()
+    cfg.validate()
+    again = DiffusionRunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    changed = with_knobs(cfg, trim_ratio=0.01, trim_modules=["all"], gen_steps=10, clf_epochs=1, projection=True)
+    assert DiffusionRunConfig.from_dict(json.loads(json.dumps(changed.to_dict()))) == changed
+    assert changed.trim_modules == ("all",) and changed.generator.steps == 10 and changed.classifier.epochs == 1
+    with pytest.raises(UserError, match="unknown diffusion knob 'trim_ratios'"):
+        with_knobs(cfg, trim_ratios=0.1)
+    with pytest.raises(UserError, match="unknown diffusion config key"):
+        DiffusionRunConfig.from_dict({"nope": 1})
+
+
+def test_cli_flags_build_the_config_and_reuse_existing_flags():
+    from orchestrator.diffusion.cli import add_diffusion_flags, diffusion_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_diffusion_flags(parser)
+    assert diffusion_config_from_args(parser.parse_args([])) == DiffusionRunConfig()
+    args = parser.parse_args(
+        "--forget class:5 --trim-modules attn1_up up_blocks\\.0\\. --projection --gen-widths 16 32 "
+        "--gen-steps 7 --clf-epochs 2 --anchor-class 1 --lr 0.001 --repair ascent".split()
+    )
+    cfg = diffusion_config_from_args(args)
+    assert (cfg.forget, cfg.trim_modules, cfg.projection, cfg.generator.widths, cfg.generator.steps) == (
+        "class:5", ("attn1_up", "up_blocks\\.0\\."), True, (16, 32), 7)
+    assert (cfg.classifier.epochs, cfg.anchor_class, cfg.lr, cfg.repair) == (2, 1, 0.001, "ascent")
+
+    # a parser that already has the classifier task's flags: they are shared, not duplicated
+    shared = argparse.ArgumentParser()
+    shared.add_argument("--seed", type=int, default=0)
+    shared.add_argument("--lr", type=float, default=None, dest="lr")
+    shared.add_argument("--trim-ratio", type=float, default=None, dest="trim_ratio")
+    add_diffusion_flags(shared)
+    cfg = diffusion_config_from_args(shared.parse_args(["--lr", "0.01", "--trim-ratio", "0.02", "--seed", "3"]))
+    assert (cfg.lr, cfg.trim_ratio, cfg.seed) == (0.01, 0.02, 3)
+
+    prompts = parser.parse_args(["--forget-prompt", "a cat", "--forget-prompt", "a kitten", "--anchor-prompt", "a dog"])
+    cfg = dataclasses.replace(diffusion_config_from_args(prompts))  # class mode still validates
+    assert cfg.forget_prompts == ("a cat", "a kitten") and cfg.anchor_prompt == "a dog"
+    with pytest.raises(UserError, match="--repair 'x'"):
+        diffusion_config_from_args(parser.parse_args(["--repair", "x"]))
+
+
+def test_format_table():
+    from orchestrator.diffusion.cli import format_diffusion_table
+
+    block = {"forget_acc": 96.0, "retained_acc": 95.5, "fid": 1.25}
+    text = format_diffusion_table({"original": block, "retrain": block, "unlearned": block | {"RTE_s": 3.0}})
+    assert "forget_acc" in text and "unlearned" in text and "95.50" in text
+    sd = {"original": {"forget_anchor_gap": 0.1, "forget_loss": 1.0, "retain_loss": 1.0}, "retrain": None,
+          "unlearned": {"forget_anchor_gap": 0.01, "forget_loss": 1.0, "retain_loss": 1.0, "retain_drift": 0.1,
+                        "RTE_s": 1.0, "gap_ratio": 0.1}}
+    assert "gap" in format_diffusion_table(sd)
+
+
+# ------------------------------------------------------------------------------------------ math
+
+
+def test_frechet_distance_matches_closed_form():
+    import numpy as np
+    from scipy import linalg
+
+    from orchestrator.diffusion.evaluation import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 8))
+    b = rng.normal(size=(200, 8)) @ rng.normal(size=(8, 8)) * 0.5 + 1.0
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa + sb) - 2 * np.trace(np.real(linalg.sqrtm(sa @ sb)))
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ddim_recovers_x0_from_an_oracle():
+    """With the exact noise as prediction, DDIM returns the clean sample (deterministic, eta = 0)."""
+    from orchestrator.diffusion.sampling import alphas_cumprod, ddim_sample, q_sample
+
+    abar = alphas_cumprod("squaredcos_cap_v2", 1000)
+    x0 = torch.rand(4, 1, 8, 8) * 1.6 - 0.8
+    noise = torch.randn(4, 1, 8, 8)
+    t0 = torch.full((4,), 999)
+    x_t = q_sample(x0, t0, noise, abar)
+
+    def oracle(x, t, cond):
+        a = abar[t].view(-1, 1, 1, 1)
+        return (x - a.sqrt() * x0.repeat(len(x) // 4, 1, 1, 1)) / (1 - a).sqrt()
+
+    out = ddim_sample(oracle, x_t, torch.zeros(4), torch.zeros(4), abar, 10, guidance_scale=2.0)
+    assert torch.allclose(out, x0, atol=1e-4)
+
+
+def test_presets_select_the_documented_modules():
+    from diffusers import UNet2DConditionModel
+
+    from orchestrator.diffusion.unet import build_class_unet, select_parameters
+
+    unet = build_class_unet(TINY.generator, 8, 1, 10)
+    names = select_parameters(unet, ("attn1_up",))
+    assert names and all(n.startswith("up_blocks.0.attentions.") for n in names)  # 2 levels: 1 attention up-block
+    assert not any("group_norm" in n for n in names)
+    deeper = build_class_unet(GeneratorRecipe(widths=(16, 32, 32), attention_head_dim=8), 8, 1, 10)
+    blocks = {n.split(".")[1] for n in select_parameters(deeper, ("attn1_up",))}
+    assert blocks == {"0", "1"}  # "self-attention of two up-blocks"
+    with pytest.raises(UserError, match="selects no parameter"):
+        select_parameters(unet, ("^nothing_here",))
+
+    sd = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=8, attention_head_dim=8,
+    )
+    self_up = select_parameters(sd, ("attn1_up",))
+    assert self_up and all(n.startswith("up_blocks.1.attentions.") and ".attn1." in n for n in self_up)
+    cross = select_parameters(sd, ("attn2",))
+    assert cross and all(".attn2." in n for n in cross)
+    assert any(n.startswith("down_blocks.") for n in cross)
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+def _task(cfg, unet_device="cpu", anchor_class=None):
+    from orchestrator.data import ForgetSpec, load_dataset, split_forget
+    from orchestrator.diffusion.references import resize_uint8, to_signed
+    from orchestrator.diffusion.sampling import alphas_cumprod
+    from orchestrator.diffusion.tasks import ClassTask
+
+    data = split_forget(load_dataset("mnist5k"), ForgetSpec.parse(cfg.forget), cfg.seed)
+    return ClassTask(
+        to_signed(resize_uint8(data.x_forget, cfg.image_size)), cfg.forget_class(),
+        to_signed(resize_uint8(data.x_retain, cfg.image_size)), data.y_retain, 10,
+        alphas_cumprod(cfg.generator.noise_schedule, cfg.generator.train_timesteps), cfg.generator.p_uncond,
+        anchor_class,
+    )
+
+
+def _original(tiny_run):
+    result, _, _ = tiny_run
+    from orchestrator.diffusion.unet import build_class_unet
+
+    unet = build_class_unet(TINY.generator, TINY.image_size, 1, 10)
+    path = Path(result.extras["references"]["original"]) / "model.pt"
+    unet.load_state_dict(torch.load(path, weights_only=True))
+    return unet.eval()
+
+
+@pytest.mark.slow
+def test_end_to_end_report_artifacts_and_history(tiny_run):
+    result, epochs, log = tiny_run
+    report = result.report
+    for role in ("original", "retrain", "unlearned"):
+        assert set(report[role]) >= {"forget_acc", "retained_acc", "fid"}
+        for key in ("forget_acc", "retained_acc"):
+            assert 0.0 <= report[role][key] <= 100.0
+        assert report[role]["fid"] >= 0.0
+    assert report["unlearned"]["RTE_s"] > 0
+    assert report["config"]["method"] == "scissorhands_diffusion"
+    json.dumps(report)  # the JSON contract is serialisable as is
+    assert DiffusionRunConfig.from_dict({k: v for k, v in report["config"].items() if k not in ("method", "task")}) == TINY
+    # per-class accuracies for every class, the forget class included
+    assert set(result.extras["unlearned"]["per_class_acc"]) == {str(c) for c in range(10)}
+    # sample grids: one PNG per model, 10 rows of grid_columns samples
+    from PIL import Image
+
+    assert len(result.extras["artifacts"]) == 3
+    for path in result.extras["artifacts"]:
+        img = Image.open(path)
+        assert img.size == (2 * TINY.grid_columns * (TINY.image_size + 1), 2 * 10 * (TINY.image_size + 1))
+    # on_epoch got one dict of floats per repair epoch, the same the history holds
+    assert len(epochs) == TINY.epochs == len(result.history)
+    assert all(isinstance(v, float) for rec in epochs for v in rec.values())
+    assert epochs == result.history
+    # the classifier the metrics rely on is a real one
+    assert result.extras["classifier"]["test_acc"] > 80.0
+    kinds = sorted(line.split()[0] for line in log.read_text().splitlines())
+    assert kinds == ["diffusion-classifier", "diffusion-original", "diffusion-retrain"]
+
+
+@pytest.mark.slow
+def test_second_run_reuses_cache_and_is_deterministic(tiny_run, cache):
+    from orchestrator.diffusion.run import run_diffusion_unlearning
+
+    first, _, log = tiny_run
+    builds_before = log.read_text()
+    rng_before = torch.get_rng_state()
+    second = run_diffusion_unlearning(TINY, cache, progress=False)
+    assert log.read_text() == builds_before  # nothing retrained
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is untouched
+    for role in ("original", "retrain", "unlearned"):
+        a, b = dict(first.report[role]), dict(second.report[role])
+        a.pop("RTE_s", None), b.pop("RTE_s", None)
+        assert a == b, role
+    assert first.extras["unlearned"]["per_class_acc"] == second.extras["unlearned"]["per_class_acc"]
+    # a different seed is a different run (forget batches, re-init draws, references)
+    other = with_knobs(TINY, eval_seed=1)
+    third = run_diffusion_unlearning(other, cache, progress=False)
+    assert log.read_text() == builds_before  # the evaluation seed does not touch the references
+    assert third.report["unlearned"] != second.report["unlearned"]
+
+
+@pytest.mark.slow
+def test_corrupt_cache_entry_is_rebuilt(tiny_run, cache, capfd):
+    """Generators and classifier share one loader: a truncated entry is rebuilt, never loaded.
+    (The classifier is the cheap one to rebuild.)"""
+    from orchestrator.diffusion.run import run_diffusion_unlearning
+
+    first, _, log = tiny_run
+    entry = Path(first.extras["classifier"]["path"])
+    weights = entry / "model.pt"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated, as by a crash mid-write without atomic rename
+    again = run_diffusion_unlearning(TINY, cache, progress=False)
+    assert "corrupt" in capfd.readouterr().err
+    assert log.read_text().splitlines()[-1].startswith("diffusion-classifier")
+    assert json.loads((entry / "meta.json").read_text())["sha256"]
+    # the rebuilt classifier is the same recipe and seed: identical metrics
+    for role in ("original", "retrain"):
+        assert again.report[role] == first.report[role]
+
+
+@pytest.mark.slow
+def test_trimming_touches_only_selected_modules(tiny_run):
+    from orchestrator.methods import METHODS
+    import orchestrator.methods.scissorhands_diffusion  # noqa: F401
+
+    for modules in (("attn1_up",), (r"^up_blocks\.1\.resnets\.0\.conv1\.weight$", "attn1_up")):
+        unet = _original(tiny_run)
+        before = {n: p.detach().clone() for n, p in unet.named_parameters()}
+        cfg = dataclasses.replace(TINY, trim_modules=modules, epochs=0, trim_ratio=0.05)
+        res = METHODS["scissorhands_diffusion"](unet, _task(cfg), cfg, torch.Generator().manual_seed(0))
+        selected = set(res.stats["trimmed_params"])
+        changed = {n for n, p in unet.named_parameters() if not torch.equal(p, before[n])}
+        assert changed and changed <= selected, changed - selected
+        n_changed = sum(int((p != before[n]).sum()) for n, p in unet.named_parameters())
+        assert n_changed == res.stats["trimmed"] > 0
+        assert res.stats["trimmed"] <= res.stats["n_scored"] * 0.05 + 1
+        assert res.history == []
+
+
+@pytest.mark.slow
+def test_threshold_over_all_parameters_still_trims_only_selected(tiny_run):
+    from orchestrator.methods import METHODS
+
+    unet = _original(tiny_run)
+    before = {n: p.detach().clone() for n, p in unet.named_parameters()}
+    cfg = dataclasses.replace(TINY, threshold_scope="all", epochs=0, trim_ratio=0.2)
+    res = METHODS["scissorhands_diffusion"](unet, _task(cfg), cfg, torch.Generator().manual_seed(0))
+    changed = {n for n, p in unet.named_parameters() if not torch.equal(p, before[n])}
+    assert changed <= set(res.stats["trimmed_params"])
+    assert res.stats["n_scored"] == sum(p.numel() for p in unet.parameters())
+
+
+def _probe_gap(unet, task, anchor: int, seed: int = 0):
+    """Mean squared distance between eps(x_t, forget) and eps(x_t, anchor) on fixed noised forget images."""
+    from orchestrator.diffusion.sampling import q_sample
+
+    g = torch.Generator().manual_seed(seed)
+    x0 = task.x_forget[:128]
+    t = torch.randint(0, len(task.abar), (len(x0),), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    x_t = q_sample(x0, t, noise, task.abar)
+    with torch.no_grad():
+        e_f = unet(x_t, t, class_labels=torch.full((len(x0),), task.forget_class)).sample
+        e_a = unet(x_t, t, class_labels=torch.full((len(x0),), anchor)).sample
+    return float(F.mse_loss(e_f, e_a)), float(F.mse_loss(e_f, noise))
+
+
+@pytest.mark.slow
+def test_anchor_repair_maps_forget_onto_anchor_and_ascent_raises_forget_loss(tiny_run):
+    from orchestrator.methods import METHODS
+
+    original = _original(tiny_run)
+    task = _task(TINY, anchor_class=8)
+    gap0, loss0 = _probe_gap(original, task, 8)
+
+    cfg = dataclasses.replace(TINY, anchor_class=8, forget_weight=1.0, epochs=2, steps_per_epoch=15, projection=True)
+    res = METHODS["scissorhands_diffusion"](copy.deepcopy(original), task, cfg, torch.Generator().manual_seed(0))
+    gap1, _ = _probe_gap(res.model, task, 8)
+    assert gap1 < 0.5 * gap0, (gap0, gap1)
+    assert all(0.0 <= h["projection_rate"] <= 1.0 for h in res.history)
+
+    cfg = dataclasses.replace(TINY, repair="ascent", forget_weight=0.5, epochs=1, steps_per_epoch=15)
+    res = METHODS["scissorhands_diffusion"](copy.deepcopy(original), task, cfg, torch.Generator().manual_seed(0))
+    _, loss1 = _probe_gap(res.model, task, 8)
+    assert loss1 > loss0, (loss0, loss1)
+
+
+@pytest.mark.slow
+def test_bad_run_inputs_fail_before_training(tmp_path):
+    from orchestrator.diffusion.run import run_diffusion_unlearning
+
+    with pytest.raises(UserError, match="--anchor-class 42"):
+        run_diffusion_unlearning(dataclasses.replace(TINY, anchor_class=42), tmp_path, progress=False)
+    with pytest.raises(UserError, match="class:11.*classes present"):
+        run_diffusion_unlearning(dataclasses.replace(TINY, forget="class:11"), tmp_path, progress=False)
+    assert not any(tmp_path.glob("diffusion-*"))  # nothing was trained
+
+
+# ------------------------------------------------------------------------------------------ SD
+
+
+def build_tiny_sd(root: Path) -> Path:
+    """A tiny StableDiffusionPipeline from configs: UNet2DConditionModel, CLIP text model, a CLIP
+    tokenizer over a small vocabulary written here, AutoencoderKL and DDIM; saved to ``root/pipe``."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    tok = root / "tokenizer-src"
+    tok.mkdir(parents=True, exist_ok=True)
+    (tok / "vocab.json").write_text(json.dumps(vocab))
+    (tok / "merges.txt").write_text("#version: 0.2\n")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        tokenizer = CLIPTokenizer(str(tok / "vocab.json"), str(tok / "merges.txt"), model_max_length=12)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=12, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        ))
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32, norm_num_groups=8, attention_head_dim=8,
+        )
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+            up_block_types=("UpDecoderBlock2D",), block_out_channels=(16,), latent_channels=4, norm_num_groups=8,
+            sample_size=8,
+        )
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(root / "pipe")
+    return root / "pipe"
+
+
+@pytest.mark.slow
+def test_stable_diffusion_concept_erasure_offline(tmp_path):
+    pytest.importorskip("transformers")
+    from PIL import Image
+
+    from orchestrator.diffusion.run import run_diffusion_unlearning
+
+    pipe_dir = build_tiny_sd(tmp_path)
+    cfg = DiffusionRunConfig(
+        pretrained=str(pipe_dir), forget_prompts=("a cat", "a kitten"), anchor_prompt="a dog",
+        trim_modules=("attn2",), ddim_steps=4, sd_samples_per_prompt=4, score_batches=2, epochs=2,
+        steps_per_epoch=10, lr=1e-3, device="cpu",
+    )
+    epochs = []
+    result = run_diffusion_unlearning(cfg, tmp_path / "cache", progress=False, on_epoch=epochs.append)
+    report = result.report
+    assert report["retrain"] is None
+    assert report["original"]["forget_anchor_gap"] > 0
+    assert report["unlearned"]["gap_ratio"] < 0.5  # forget prompts now predict like the anchor
+    assert report["unlearned"]["retain_drift"] >= 0 and report["unlearned"]["RTE_s"] > 0
+    assert all(".attn2." in n for n in result.extras["trimmed_params"])
+    assert len(epochs) == 2
+    for path in result.extras["artifacts"]:
+        assert Image.open(path).size[0] > 0
+    json.dumps(report)
+
+    # the pipeline on disk was not modified (only the in-memory UNet changed)
+    from diffusers import UNet2DConditionModel
+
+    on_disk = UNet2DConditionModel.from_pretrained(pipe_dir, subfolder="unet", local_files_only=True)
+    assert any(not torch.equal(a, b) for a, b in zip(on_disk.parameters(), result.model.parameters()))
+
+
+def test_stable_diffusion_bad_folder_is_a_user_error(tmp_path):
+    pytest.importorskip("transformers")
+    from orchestrator.diffusion.run import run_diffusion_unlearning
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    cfg = DiffusionRunConfig(pretrained=str(tmp_path), forget_prompts=("a cat",), anchor_prompt="a dog", device="cpu")
+    with pytest.raises(UserError, match="not a loadable StableDiffusionPipeline"):
+        run_diffusion_unlearning(cfg, tmp_path / "cache", progress=False)
