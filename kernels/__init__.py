@@ -3,7 +3,18 @@ masked re-initialisation and GEM gradient projection.
 
 Knows nothing of ``orchestrator``: every function takes lists of tensors.
 Backends share one API and are chosen per call by device, or forced with
-``SCISSORHANDS_KERNELS=reference|fused|triton`` or the ``backend=`` argument.
+``SCISSORHANDS_KERNELS=reference|fused|triton`` or the ``backend=`` argument:
+
+* ``reference`` (:mod:`kernels.reference`): plain torch, the oracle; its docstring holds the
+  tie rule and the random-stream rule every backend follows.
+* ``fused`` (:mod:`kernels.fused`, CPU default): small C loops (built on first use, see
+  :mod:`kernels._native`), exact threshold by a sample-bracket search (:mod:`kernels._select`)
+  in ~1 streaming pass, extra memory ~1% of the parameter bytes; bit-identical to the
+  reference on CPU.
+* ``triton`` (:mod:`kernels.triton_backend`, CUDA default when triton imports): one launch
+  per operation over the whole tensor list; same thresholds and masks as the reference.
+
+``import kernels`` never imports triton.
 """
 from kernels.dispatch import (
     BACKENDS,

@@ -214,7 +214,7 @@ def _count_collect(lib, weights: Tensors, grad_sums: Tensors):
 
         results = _run([job(g) for g in groups])
         tot = [sum(r[0][k] for r in results) for k in range(4)]
-        found = torch.cat([r[1] for r in results])
+        found = results[0][1] if len(results) == 1 else torch.cat([r[1] for r in results])
         if any(r[2] for r in results) or tot[3] > cap:
             return _select.Counts(tot[0], tot[1], tot[2], tot[3], None, found)
         return _select.Counts(tot[0], tot[1], tot[2], tot[3], found)
