@@ -30,7 +30,6 @@ def _column(df, metric: str, flag: str) -> str:
 
 def pick(storage: Path, name: str, rule: str, where: list[str], *, alias: str = "champion",
          model_name: str | None = None, tracking_uri: str | None = None, frontier_only: bool = False) -> dict:
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     df, _ = load_results(storage, name)
@@ -49,10 +48,13 @@ def pick(storage: Path, name: str, rule: str, where: list[str], *, alias: str = 
     best = df.sort_values(col, ascending=direction == "min").iloc[0]
 
     uri = tracking_uri or default_tracking_uri(Path(storage))
-    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
     registered = model_name or name
-    version = mlflow.register_model(f"runs:/{best['mlflow_run_id']}/model", registered)
-    MlflowClient(uri).set_registered_model_alias(registered, alias, version.version)
+    if not client.search_registered_models(f"name = '{registered}'"):
+        client.create_registered_model(registered)
+    run = client.get_run(best["mlflow_run_id"])
+    version = client.create_model_version(registered, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    client.set_registered_model_alias(registered, alias, version.version)
     return {
         "trial_id": best["trial_id"], "run_id": best["mlflow_run_id"], "rule": rule, "where": where,
         col: float(best[col]), "pareto": bool(best.get("pareto", False)),

@@ -75,16 +75,20 @@ def node_tags() -> dict[str, str]:
     return tags
 
 
-def log_model(run_id: str, tracking_uri: str, model) -> None:
-    """Log the unlearned model so the registry can serve it (mlflow.pytorch.load_model)."""
+def log_model(client: MlflowClient, run_id: str, model) -> None:
+    """Log the unlearned model so the registry can serve it (mlflow.pytorch.load_model).
+
+    Saved locally and uploaded through the client: no global MLflow state is touched, so
+    sweeps with different stores can share one process."""
+    import tempfile
+
     import torch
 
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        # Explicit requirements: inferring them re-imports the model and costs seconds per trial.
+    with tempfile.TemporaryDirectory() as tmp:
         # "pickle": the pt2 default needs an input example and a traceable graph; pickling the
         # module keeps load_model exact for any model this project builds.
-        mlflow.pytorch.log_model(
-            model, name="model", serialization_format="pickle",
+        mlflow.pytorch.save_model(
+            model, f"{tmp}/model", serialization_format="pickle",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "scissorhands-sweep"],
         )
+        client.log_artifacts(run_id, f"{tmp}/model", "model")

@@ -133,7 +133,7 @@ def run_trial(searched: dict, ctx: TrialContext) -> dict:
             first_model = first_model or result.model
         metrics = aggregate(per_seed)
         client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
-        tracking.log_model(run_id, ctx.tracking_uri, first_model)
+        tracking.log_model(client, run_id, first_model)
         client.set_terminated(run_id, "FINISHED")
         return {**metrics, "status": "ok", "error": "", "mlflow_run_id": run_id, **_node()}
     except DivergenceError as exc:  # deterministic: recorded as failed, never retried
@@ -232,9 +232,10 @@ def build_references(spec: SweepSpec, cache_dir: Path, progress: bool) -> dict[i
     return out
 
 
-def reference_point(spec: SweepSpec, refs: dict[int, dict]) -> list[float]:
+def reference_point(spec: SweepSpec, refs: dict[int, dict], observed: np.ndarray) -> list[float]:
     """Hypervolume reference: each objective as the retrain model scores it; for a gap metric
-    (0 for retrain by definition) the original model's gap instead."""
+    (0 for retrain by definition) the original model's gap instead; for a metric the
+    references do not have (RTE_s) the worst value observed in the sweep."""
     point = []
     for obj in spec.objectives:
         per_seed = []
@@ -246,6 +247,9 @@ def reference_point(spec: SweepSpec, refs: dict[int, dict]) -> list[float]:
             gaps["avg_gap"] = float(np.mean([gaps[f"gap_{k}"] for k in CORE_METRICS]))
             per_seed.append(m.get(obj.metric, gaps.get(obj.metric, math.nan)))
         point.append(float(np.mean(per_seed)))
+    for j, obj in enumerate(spec.objectives):
+        if math.isnan(point[j]):
+            point[j] = float(np.nanmax(observed[:, j]) if obj.direction == "min" else np.nanmin(observed[:, j]))
     return point
 
 
@@ -276,10 +280,11 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
     if len(df) and mask.any():
         cols = [o.metric for o in spec.objectives]
         front = df.loc[mask, cols].to_numpy(dtype=float)
-        ref_point = reference_point(spec, refs)
+        ok_mask = (df["status"] == "ok").to_numpy()
+        ref_point = reference_point(spec, refs, df.loc[ok_mask, cols].to_numpy(dtype=float))
         summary["hypervolume"] = hypervolume(front, [o.direction for o in spec.objectives], ref_point)
         summary["hypervolume_reference_point"] = ref_point
-        ok = df[df["status"] == "ok"] if "status" in df else df
+        ok = df[ok_mask]
         plotted = plot_frontier(df, [(o.metric, o.direction) for o in spec.objectives], paths.plot,
                                 markers=_markers(spec, refs))
         summary["plots"] = [str(p) for p in plotted]
@@ -309,7 +314,6 @@ def run_sweep(
     progress: bool = True,
     spec_text: str | None = None,
 ) -> dict:
-    import mlflow
     import ray
     from mlflow.tracking import MlflowClient
     from optuna.samplers import TPESampler
@@ -333,7 +337,6 @@ def run_sweep(
     atomic_write_json(paths.root / "spec.resolved.json", spec.model_dump())
 
     tracking_uri = tracking_uri or tracking.default_tracking_uri(Path(storage))
-    mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     experiment_id = tracking.ensure_experiment(client, spec.name, Path(storage), tracking_uri)
     parent_run_id = tracking.find_or_create_parent(client, experiment_id, spec.name)

@@ -1,0 +1,220 @@
+"""Sweeps end to end: real local Ray, real MLflow (sqlite), real Parquet, real training."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import mlflow
+import numpy as np
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from orchestrator.cli import main
+from orchestrator.sweep.results import ResultsTable
+
+TINY = """
+name: {name}
+dataset: mnist5k
+model: resnet8
+width: 4
+forget: class:3
+recipe: {{epochs: 1}}
+fixed: {{epochs: 1}}
+search:
+  trim_ratio: {{type: loguniform, low: 0.005, high: 0.05}}
+  lr: {lr}
+objectives:
+  - {{metric: gap_UA, direction: min}}
+  - {{metric: RA, direction: max}}
+  - {{metric: RTE_s, direction: min}}
+trials: {trials}
+resources: {{cpu: 1}}
+max_concurrent: {concurrent}
+"""
+
+
+def write_space(tmp_path, name="tiny", trials=4, concurrent=2,
+                lr="{type: loguniform, low: 0.002, high: 0.02}") -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(TINY.format(name=name, trials=trials, concurrent=concurrent, lr=lr))
+    return str(path)
+
+
+@pytest.fixture
+def no_ray():
+    ray.shutdown()
+    yield
+    ray.shutdown()
+
+
+def brute_force_pareto(values, directions):
+    signs = np.array([1 if d == "min" else -1 for d in directions])
+    v = values * signs
+    return np.array([not any((o <= p).all() and (o < p).any() for o in v) for p in v])
+
+
+def child_runs(storage, name):
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    return client, parents, children
+
+
+@pytest.mark.slow
+def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, capsys, monkeypatch):
+    storage = tmp_path / "runs"
+    assert main(["sweep", write_space(tmp_path), "--storage", str(storage), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "on the frontier" in out and "frontier.png" in out
+
+    df = ResultsTable(storage / "tiny" / "results.parquet").read()
+    assert len(df) == 4 and df["trial_id"].is_unique and (df["status"] == "ok").all()
+    objectives = [("gap_UA", "min"), ("RA", "max"), ("RTE_s", "min")]
+    values = df[[m for m, _ in objectives]].to_numpy(dtype=float)
+    expected = brute_force_pareto(values, [d for _, d in objectives])
+    assert df["pareto"].astype(bool).tolist() == expected.tolist()
+
+    client, parents, children = child_runs(storage, "tiny")
+    assert len(parents) == 1 and len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert {"UA", "RA", "TA", "MIA", "RTE_s", "avg_gap"} <= set(child.data.metrics)
+        assert child.data.params["trim_ratio"] and child.data.tags["ray.node_id"]
+        history = client.get_metric_history(child.info.run_id, "loss_retain/seed0")
+        assert len(history) == 1  # one repair epoch
+    by_run = {c.info.run_id: c.data.tags["pareto"] for c in children}
+    for row in df.itertuples():
+        assert by_run[row.mlflow_run_id] == ("true" if row.pareto else "false")
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {"frontier.png", "spec.yaml"}
+    assert "hypervolume" in parents[0].data.metrics or client.get_run(parents[0].info.run_id).data.metrics
+
+    # The frontier table needs nothing but the stored results.
+    assert main(["frontier", "tiny", "--storage", str(storage)]) == 0
+    table = capsys.readouterr().out
+    assert all(t in table for t in df.loc[df["pareto"].astype(bool), "trial_id"])
+
+    # pick: the registered model loads and reproduces the TA its run logged.
+    assert main(["pick", "tiny", "--storage", str(storage), "--rule", "max-RA", "--where", "UA>=0"]) == 0
+    picked_out = capsys.readouterr().out
+    uri = "models:/tiny@champion"
+    assert uri in picked_out
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{storage / 'mlflow.db'}")
+    model = mlflow.pytorch.load_model(uri)
+    best = df.sort_values("RA", ascending=False).iloc[0]
+    from orchestrator.evaluation import evaluate
+    from orchestrator.sweep.spec import load_spec
+    from orchestrator.trial import prepare
+
+    spec = load_spec(tmp_path / "tiny.yaml")
+    data = prepare(spec.run_config({"trim_ratio": best["config.trim_ratio"], "lr": best["config.lr"]}, 0))
+    assert evaluate(model, data)["TA"] == pytest.approx(float(best["TA"]), abs=1e-3)
+    assert main(["pick", "tiny", "--storage", str(storage), "--rule", "best"]) == 2
+    assert "expected min-METRIC or max-METRIC" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_trial_that_raises_is_recorded_as_failed_and_the_sweep_completes(tmp_path, no_ray):
+    storage = tmp_path / "runs"
+    # lr = 1e6 makes the repair loss non-finite: that trial must fail loudly, the others run on.
+    space = write_space(tmp_path, name="faulty", trials=3, concurrent=1,
+                        lr="{type: choice, values: [0.005, 1000000.0]}")
+    assert main(["sweep", space, "--storage", str(storage), "--no-progress"]) == 0
+    df = ResultsTable(storage / "faulty" / "results.parquet").read()
+    assert len(df) == 3
+    failed = df[df["status"] == "failed"]
+    assert len(failed) >= 1 and (failed["config.lr"] == 1e6).all()
+    assert failed["error"].str.contains("loss became").all()
+    assert not failed["pareto"].astype(bool).any()
+    ok = df[df["status"] == "ok"]
+    assert len(ok) >= 1 and (ok["config.lr"] == 0.005).all()
+    _, _, children = child_runs(storage, "faulty")
+    failed_runs = [c for c in children if c.info.status == "FAILED"]
+    assert len(failed_runs) == len(failed) and all("loss became" in c.data.tags["error"] for c in failed_runs)
+
+
+@pytest.mark.slow
+def test_resume_after_the_driver_is_killed(tmp_path, no_ray):
+    storage = tmp_path / "runs"
+    space = write_space(tmp_path, name="resumable", trials=4, concurrent=1)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    cmd = [sys.executable, "-m", "orchestrator.cli", "sweep", space, "--storage", str(storage), "--no-progress"]
+    driver = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    results = ResultsTable(storage / "resumable" / "results.parquet")
+    try:
+        deadline = time.time() + 400
+        while len(results.read()) < 2 and time.time() < deadline and driver.poll() is None:
+            time.sleep(1)
+        assert driver.poll() is None, "the sweep finished before it could be interrupted"
+        assert 2 <= len(results.read()) < 4
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = results.read()
+    assert main(["sweep", space, "--storage", str(storage), "--resume", "--no-progress"]) == 0
+    df = results.read()
+    assert len(df) == 4 and df["trial_id"].is_unique and (df["status"] == "ok").all()
+    assert set(before["trial_id"]) <= set(df["trial_id"])
+    _, parents, children = child_runs(storage, "resumable")
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert len(parents) == 1
+    assert sorted(c.data.tags["scissorhands.trial_id"] for c in finished) == sorted(df["trial_id"])
+    assert len(children) == 4, "an interrupted trial left a second run behind"
+
+
+BAD_SPECS = [
+    ("name: x\nforget: class:3\nsearch: {trim_ratio: {type: uniform, low: 0.1, high: 0.01}}\n"
+     "objectives: [{metric: RA, direction: max}]\ntrials: 2\n", "search.trim_ratio: bad range: low 0.1 must be < high 0.01"),
+    ("name: x\nforget: class:3\nsearch: {trim_ratio: {type: uniform, low: 0.01, high: 0.1}}\n"
+     "objectives: [{metric: accuracy, direction: max}]\ntrials: 2\n", "unknown metric 'accuracy'"),
+    ("name: x\nforget: class:3\nsearch: {trim_ratio: {type: uniform, low: 0.01, high: 0.1}}\n"
+     "objectives: [{metric: RA, direction: max}]\ntrials: 2\nturbo: true\n", "turbo: unknown key"),
+    ("name: x\nforget: class:3\nsearch: {trim_speed: {type: uniform, low: 0.01, high: 0.1}}\n"
+     "objectives: [{metric: RA, direction: max}]\ntrials: 2\n", "unknown search key(s) ['trim_speed']"),
+    ("name: x\nforget: class:3\nsearch: {lr: {type: gaussian, low: 0.01, high: 0.1}}\n"
+     "objectives: [{metric: RA, direction: max}]\ntrials: 2\n", "search.lr.type"),
+    ("name: x\nforget: class:3\nsearch: {lr: {type: loguniform, low: 0, high: 0.1}}\n"
+     "objectives: [{metric: RA, direction: max}]\ntrials: 2\n", "loguniform needs low > 0"),
+    ("name: x\nforget: class:3\nfixed: {trim_ratio: 2.0}\nsearch: {lr: {type: uniform, low: 0.01, high: 0.1}}\n"
+     "objectives: [{metric: RA, direction: sideways}]\ntrials: 2\n", "objectives.0.direction"),
+    ("name: x\nforget: class:3\nfixed: {trim_ratio: 2.0}\nsearch: {lr: {type: uniform, low: 0.01, high: 0.1}}\n"
+     "objectives: [{metric: RA, direction: max}]\ntrials: 2\n", "--trim-ratio 2.0: must be in (0, 1)"),
+    ("name: x\nmodel: vgg\nforget: class:3\nsearch: {lr: {type: uniform, low: 0.01, high: 0.1}}\n"
+     "objectives: [{metric: RA, direction: max}]\ntrials: 0\n", "trials: Input should be greater than or equal to 1"),
+    ("name: x\nforget: [unclosed\n", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_SPECS)
+def test_bad_yaml_gives_one_clear_error_exit_2_and_starts_no_ray(tmp_path, capsys, no_ray, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent(text))
+    code = main(["sweep", str(path), "--storage", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not ray.is_initialized() and not (tmp_path / "runs").exists()
+
+
+def test_missing_space_file_and_unknown_sweep(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "nope.yaml")]) == 2
+    assert "file not found" in capsys.readouterr().err
+    assert main(["frontier", "ghost", "--storage", str(tmp_path)]) == 2
+    assert "no sweep named 'ghost'" in capsys.readouterr().err
+
+
+def test_shipped_search_spaces_validate():
+    from pathlib import Path
+
+    from orchestrator.sweep.spec import load_spec
+
+    shipped = sorted(Path(__file__).parents[1].joinpath("search_spaces").glob("*.yaml"))
+    assert {p.name for p in shipped} >= {"mnist5k_class.yaml", "mnist5k_random.yaml", "cifar10_resnet18.yaml"}
+    for path in shipped:
+        spec = load_spec(path)
+        assert spec.trials >= 1 and spec.objectives
