@@ -341,6 +341,10 @@ def run_sweep(
     experiment_id = tracking.ensure_experiment(client, spec.name, Path(storage), tracking_uri)
     parent_run_id = tracking.find_or_create_parent(client, experiment_id, spec.name)
 
+    if resume:  # trials that were running when the driver died restart: drop their partial runs
+        for run in tracking.child_runs(client, experiment_id, parent_run_id):
+            if run.info.status == "RUNNING":
+                client.delete_run(run.info.run_id)
     refs = build_references(spec, paths.references, progress)
     if not resume:
         from mlflow.entities import Param
@@ -360,6 +364,9 @@ def run_sweep(
     ctx = TrialContext(spec.model_dump(), spec.name, str(paths.references), tracking_uri, experiment_id,
                        parent_run_id)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Save the experiment state every second (default: every 10 s or more) so a killed driver
+    # resumes with the searcher and trial list as they were, and no trial is run twice.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=False)
