@@ -267,7 +267,7 @@ def _markers(spec: SweepSpec, refs: dict[int, dict]) -> dict[str, dict[str, floa
 
 
 def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking_uri: str,
-             experiment_id: str, parent_run_id: str) -> dict:
+             experiment_id: str, parent_run_id: str, timing: dict[str, float]) -> dict:
     """Frontier flags, hypervolume, plot; logged to the parent run and tagged on children."""
     from mlflow.tracking import MlflowClient
 
@@ -276,7 +276,7 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
     df = table.read()
     client = MlflowClient(tracking_uri)
     summary = {"trials": int(len(df)), "completed": int((df.get("status") == "ok").sum()) if len(df) else 0,
-               "frontier": int(mask.sum())}
+               "frontier": int(mask.sum()), "timing": timing}
     if len(df) and mask.any():
         cols = [o.metric for o in spec.objectives]
         front = df.loc[mask, cols].to_numpy(dtype=float)
@@ -345,7 +345,9 @@ def run_sweep(
         for run in tracking.child_runs(client, experiment_id, parent_run_id):
             if run.info.status == "RUNNING":
                 client.delete_run(run.info.run_id)
+    t0 = time.perf_counter()
     refs = build_references(spec, paths.references, progress)
+    references_s = time.perf_counter() - t0
     if not resume:
         from mlflow.entities import Param
 
@@ -395,8 +397,10 @@ def run_sweep(
             run_config=tune.RunConfig(name="tune", storage_path=str(paths.root), failure_config=failure,
                                       callbacks=callbacks, verbose=1 if progress else 0),
         )
+    t0 = time.perf_counter()
     tuner.fit()
-    return finalize(spec, paths, refs, tracking_uri, experiment_id, parent_run_id)
+    timing = {"references_s": references_s, "trials_s": time.perf_counter() - t0}
+    return finalize(spec, paths, refs, tracking_uri, experiment_id, parent_run_id, timing)
 
 
 def _code_version() -> str:

@@ -1,0 +1,74 @@
+"""Orchestration overhead: per-trial wall time through the sweep vs the same trial function
+called in-process, and how many times reference models were built. Prints one JSON object.
+
+    python benchmarks/sweep_overhead.py [--space search_spaces/mnist5k_random.yaml] [--trials 4]
+
+Trials run one at a time with one CPU each, in the sweep and in-process alike, so the
+difference is Ray + MLflow + Parquet + model logging, not parallelism.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--space", default=str(Path(__file__).parents[1] / "search_spaces" / "mnist5k_random.yaml"))
+    parser.add_argument("--trials", type=int, default=4)
+    args = parser.parse_args()
+
+    import torch
+
+    from orchestrator.references import get_references
+    from orchestrator.sweep.results import ResultsTable
+    from orchestrator.sweep.spec import load_spec
+    from orchestrator.sweep.tuner import run_sweep
+    from orchestrator.trial import prepare, run_unlearning
+
+    work = Path(tempfile.mkdtemp(prefix="sweep-overhead-"))
+    build_log = work / "builds.log"
+    os.environ["SCISSORHANDS_BUILD_LOG"] = str(build_log)
+    spec = load_spec(args.space).model_copy(update={"trials": args.trials, "max_concurrent": 1})
+    spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"cpu": 1})})
+
+    summary = run_sweep(spec, storage=work / "runs", progress=False)
+    per_trial_sweep = summary["timing"]["trials_s"] / args.trials
+    df = ResultsTable(work / "runs" / spec.name / "results.parquet").read()
+
+    # The same trial function, in this process, on the same configs, with one thread like a trial.
+    torch.set_num_threads(1)
+    cache = work / "runs" / spec.name / "references"
+    in_process = []
+    for _, row in df.iterrows():
+        searched = {k: row[f"config.{k}"] for k in spec.search}
+        searched = {k: (int(v) if spec.search[k].type == "int" else v) for k, v in searched.items()}
+        cfg = spec.run_config(searched, spec.seeds[0])
+        data = prepare(cfg)
+        start = time.perf_counter()
+        run_unlearning(cfg, cache, data=data, references=get_references(cfg, data, cache, build=False),
+                       progress=False)
+        in_process.append(time.perf_counter() - start)
+    per_trial_direct = sum(in_process) / len(in_process)
+    builds = build_log.read_text().splitlines() if build_log.exists() else []
+    print(json.dumps({
+        "space": spec.name, "trials": args.trials,
+        "sweep_per_trial_s": round(per_trial_sweep, 2),
+        "in_process_per_trial_s": round(per_trial_direct, 2),
+        "overhead_fraction": round(per_trial_sweep / per_trial_direct - 1, 4),
+        "references_build_s": round(summary["timing"]["references_s"], 1),
+        "reference_models_built": len(builds),
+        "reference_builds": [b.split()[0] for b in builds],
+        "trials_completed": int((df["status"] == "ok").sum()),
+    }))
+
+
+if __name__ == "__main__":
+    main()
