@@ -1,0 +1,269 @@
+"""Sweeps on a real multi-node Ray cluster with a remote MLflow server, and a node lost mid-sweep.
+
+Everything runs on 127.0.0.1 (see tests/cluster_helpers.py): a Ray head with 0 CPUs and
+worker nodes of 1 CPU each, every node its own raylet process, so trials can only run on
+the workers and two concurrent trials must run on two different nodes. Each worker carries
+a custom resource naming it. The sweep is the real CLI (`scissorhands sweep --address ...
+--tracking-uri http://...`) in a subprocess, the way a user runs it on a cluster's head.
+An `mlflow server` (sqlite store, proxied artifacts) receives every run over http.
+
+Cost on 2 shared CPU cores: 3-4 minutes for the module (one reference build, two tiny
+sweeps of 4 trials, two clusters, one MLflow server), most of it training under load.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cluster_helpers import (
+    FAST_NODE_DEATH,
+    NodeKiller,
+    local_cluster,
+    mlflow_server,
+    node_id,
+    raylet_pid,
+    sweep_process,
+    tiny_spec,
+)
+
+pytestmark = pytest.mark.slow
+
+TRIALS = 4
+SWEEP_TIMEOUT = 300  # seconds; a tiny sweep takes about one minute here
+TRIAL_TAG = "scissorhands.trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def _booting_server(tmp_path_factory):
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server"), wait=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tiny_references(tmp_path_factory, _booting_server):
+    """Original + retrain of the tiny spec, trained once (cache entries are content-hashed,
+    so a copy under any sweep's references/ is a cache hit and the sweep skips training).
+    Requests the server only so that it boots while the references train."""
+    from orchestrator.sweep.spec import load_spec
+    from orchestrator.sweep.tuner import build_references
+
+    root = tmp_path_factory.mktemp("tiny-references")
+    space = root / "tiny.yaml"
+    space.write_text(tiny_spec("refs", TRIALS))
+    started = time.monotonic()
+    build_references(load_spec(space), root / "cache", progress=False)
+    print(f"\nreferences built in {time.monotonic() - started:.1f} s")
+    return root / "cache"
+
+
+@pytest.fixture(scope="module")
+def tracking_server(_booting_server, tiny_references) -> str:
+    """One MLflow server for the module (its http URI); each sweep logs into its own experiment."""
+    return _booting_server.wait_ready()
+
+
+def _prepare(storage: Path, name: str, references: Path) -> Path:
+    space = storage.parent / f"{name}.yaml"
+    space.write_text(tiny_spec(name, TRIALS))
+    shutil.copytree(references, storage / name / "references")
+    return space
+
+
+def _sweep_args(space: Path, storage: Path, address: str, uri: str) -> list[str]:
+    return [str(space), "--storage", str(storage), "--address", address, "--tracking-uri", uri, "--no-progress"]
+
+
+class Sweep:
+    """A finished sweep: its Parquet table, summary and MLflow parent/child runs."""
+
+    def __init__(self, storage: Path, name: str, uri: str):
+        self.storage, self.name, self.uri = storage, name, uri
+        self.root = storage / name
+        self.df = pd.read_parquet(self.root / "results.parquet")
+        self.summary = json.loads((self.root / "summary.json").read_text())
+        self.client = MlflowClient(uri)
+        exp = self.client.get_experiment_by_name(name)
+        assert exp is not None, f"no MLflow experiment {name!r} on {uri}"
+        self.experiment_id = exp.experiment_id
+        parents = self.client.search_runs([exp.experiment_id], filter_string="tags.role = 'sweep'")
+        assert len(parents) == 1, [p.info.run_id for p in parents]
+        self.parent = parents[0]
+
+    def children(self):
+        """Every active (not deleted) child run of the sweep's parent run, any status."""
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent.info.run_id}'",
+            max_results=1000,
+        )
+
+    def assert_each_trial_recorded_once(self) -> None:
+        """Parquet and MLflow hold the same completed trials, each exactly once."""
+        df, children = self.df, self.children()
+        assert df["trial_id"].is_unique, df["trial_id"].tolist()
+        assert len(df) == TRIALS, df[["trial_id", "status"]]
+        assert (df["status"] == "ok").all(), df[["trial_id", "status", "error"]]
+        tags = [c.data.tags.get(TRIAL_TAG) for c in children]
+        assert len(tags) == len(set(tags)), f"a trial has several MLflow runs: {sorted(tags)}"
+        assert {c.info.status for c in children} == {"FINISHED"}, [(t, c.info.status) for t, c in zip(tags, children)]
+        assert set(tags) == set(df["trial_id"])
+        by_trial = {c.data.tags[TRIAL_TAG]: c.info.run_id for c in children}
+        assert dict(zip(df["trial_id"], df["mlflow_run_id"])) == by_trial
+        assert self.summary["trials"] == TRIALS and self.summary["completed"] == TRIALS
+
+
+@pytest.fixture(scope="module")
+def spread_sweep(tmp_path_factory, tracking_server, tiny_references):
+    """A 4-trial sweep on head (0 CPUs) + two 1-CPU workers, logging to the MLflow server."""
+    tmp = tmp_path_factory.mktemp("spread")
+    storage, name = tmp / "storage", "spread"
+    space = _prepare(storage, name, tiny_references)
+    workers = [{"num_cpus": 1, "resources": {"worker_a": 1}}, {"num_cpus": 1, "resources": {"worker_b": 1}}]
+    started = time.monotonic()
+    with local_cluster(workers, head_cpus=0) as (cluster, nodes):
+        labels = {node_id(n): label for n, label in zip(nodes, ("worker_a", "worker_b"))}
+        head = node_id(cluster.head_node)
+        assert cluster.address.startswith("127.0.0.1:"), cluster.address
+        assert len({raylet_pid(n) for n in (cluster.head_node, *nodes)}) == 3, "one raylet process per node"
+        up = time.monotonic()
+        with sweep_process(_sweep_args(space, storage, cluster.address, tracking_server), tmp / "sweep.log") as sweep:
+            rc = sweep.wait(SWEEP_TIMEOUT)
+            assert rc == 0, sweep.output()
+        done = time.monotonic()
+    print(f"\ncluster up in {up - started:.1f} s, sweep {done - up:.1f} s, shutdown {time.monotonic() - done:.1f} s")
+    result = Sweep(storage, name, tracking_server)
+    result.labels, result.head = labels, head
+    return result
+
+
+# ----------------------------------------------------------------------------- spread over nodes
+def test_trials_ran_on_several_worker_nodes(spread_sweep):
+    df = spread_sweep.df
+    assert {"node_id", "node_ip"} <= set(df.columns)
+    nodes = set(df["node_id"])
+    assert spread_sweep.head not in nodes, "a trial ran on the head, which has no CPUs"
+    assert nodes <= set(spread_sweep.labels), f"unknown node ids {nodes - set(spread_sweep.labels)}"
+    assert {spread_sweep.labels[n] for n in nodes} == {"worker_a", "worker_b"}
+    assert set(df["node_ip"]) == {"127.0.0.1"}
+    spread_sweep.assert_each_trial_recorded_once()
+
+
+def test_child_runs_on_server_carry_node_tags(spread_sweep):
+    node_of = dict(zip(spread_sweep.df["trial_id"], spread_sweep.df["node_id"]))
+    children = spread_sweep.children()
+    assert len(children) == TRIALS
+    for run in children:
+        tags = run.data.tags
+        assert tags["ray.node_id"] == node_of[tags[TRIAL_TAG]]
+        assert tags["ray.node_ip"] == "127.0.0.1"
+        assert tags["host"] == socket.gethostname()
+        assert tags["cpu_count"] == str(os.cpu_count())
+        assert tags["role"] == "trial" and tags["scissorhands.sweep"] == spread_sweep.name
+        assert "TA" in run.data.metrics and "gap_UA" in run.data.metrics
+    # The parent run finished too, with the frontier and results logged to the server.
+    parent = spread_sweep.client.get_run(spread_sweep.parent.info.run_id)
+    assert parent.info.status == "FINISHED"
+    logged = {a.path for a in spread_sweep.client.list_artifacts(parent.info.run_id)}
+    assert "results.parquet" in logged
+
+
+def test_model_artifact_downloads_from_server_and_reproduces_ta(spread_sweep, tmp_path):
+    import mlflow
+    import torch
+
+    from orchestrator.evaluation import _acc
+    from orchestrator.sweep.spec import load_spec
+    from orchestrator.training import predict_proba
+    from orchestrator.trial import prepare
+
+    row = spread_sweep.df.iloc[0]
+    run = spread_sweep.client.get_run(row["mlflow_run_id"])
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri  # proxied by the server
+    local = _download_model(spread_sweep.client, spread_sweep.uri, run, tmp_path)
+    model = mlflow.pytorch.load_model(local)
+    assert isinstance(model, torch.nn.Module)
+
+    spec = load_spec(spread_sweep.storage.parent / f"{spread_sweep.name}.yaml")
+    config = {k: float(row[f"config.{k}"]) for k in spec.search}
+    data = prepare(spec.run_config(config, spec.seeds[0]))
+    x_test, y_test = data.test_set()
+    with torch.no_grad():
+        probs = predict_proba(model, x_test)
+    assert probs.shape == (len(y_test), 10)
+    # One seed: the run's TA is this model's test accuracy (one borderline prediction of slack
+    # for a different thread count than in the trial).
+    assert abs(_acc(probs, y_test) - run.data.metrics["TA"]) <= 100.0 / len(y_test) + 1e-9
+
+
+def _download_model(client: MlflowClient, uri: str, run, dst: Path) -> str:
+    """The trial's model folder, downloaded through the server: logged as the run's "model"
+    artifacts, or (mlflow.pytorch.log_model in MLflow 3) as a LoggedModel whose source run is it."""
+    import mlflow
+
+    if "model" in {a.path for a in client.list_artifacts(run.info.run_id)}:
+        return mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="model",
+                                                   dst_path=str(dst), tracking_uri=uri)
+    # Not download_artifacts(run_id=..., artifact_path="model", tracking_uri=...) here: MLflow 3.17
+    # resolves the LoggedModel's models:/ URI with the default tracking URI, fails, and leaves
+    # ./mlflow.db behind. The model's own artifact location goes straight to the server.
+    models = [m for m in client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                                     filter_string="name = 'model'", max_results=100)
+              if m.source_run_id == run.info.run_id]
+    assert len(models) == 1, f"run {run.info.run_id} has no (or several) logged models: {models}"
+    assert models[0].artifact_location.startswith("mlflow-artifacts:"), models[0].artifact_location
+    return mlflow.artifacts.download_artifacts(artifact_uri=models[0].artifact_location, dst_path=str(dst),
+                                               tracking_uri=uri)
+
+
+# ----------------------------------------------------------------------------- fault tolerance
+def test_lost_node_trials_are_retried_and_recorded_once(tmp_path, tracking_server, tiny_references):
+    """Kill (SIGKILL) one worker node as soon as a trial starts on it: that trial is retried on the
+    other worker, the sweep completes, and Parquet and MLflow hold each trial exactly once."""
+    storage, name = tmp_path / "storage", "lost-node"
+    space = _prepare(storage, name, tiny_references)
+    workers = [{"num_cpus": 1, "resources": {"victim": 1}}, {"num_cpus": 1, "resources": {"survivor": 1}}]
+    client = MlflowClient(tracking_server)
+    with local_cluster(workers, head_cpus=0, system_config=FAST_NODE_DEATH) as (cluster, (victim, survivor)):
+        victim_id, survivor_id = node_id(victim), node_id(survivor)
+
+        def trial_started_on_victim():
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                return None
+            runs = client.search_runs([exp.experiment_id], max_results=1,
+                                      filter_string=f"tags.`ray.node_id` = '{victim_id}'")
+            return runs[0].data.tags[TRIAL_TAG] if runs else None
+
+        killer = NodeKiller(cluster, victim, trial_started_on_victim)
+        started = time.monotonic()
+        args = _sweep_args(space, storage, cluster.address, tracking_server)
+        with sweep_process(args, tmp_path / "sweep.log") as sweep:
+            killer.start()
+            try:
+                rc = sweep.wait(SWEEP_TIMEOUT)
+            finally:
+                killer.stop()
+            assert killer.error is None, f"killing the node failed: {killer.error!r}"
+            assert killer.trigger is not None, "no trial ever started on the victim node:\n" + sweep.output()
+            assert rc == 0, sweep.output()
+        print(f"victim killed {killer.killed_at - started:.1f} s in; sweep done {time.monotonic() - started:.1f} s in")
+        assert victim not in cluster.worker_nodes and not victim.any_processes_alive()
+
+    result = Sweep(storage, name, tracking_server)
+    result.assert_each_trial_recorded_once()
+    df = result.df.set_index("trial_id")
+    # The interrupted trial ran again, to completion, on the surviving node; nothing finished on the victim.
+    assert killer.trigger in df.index
+    assert df.loc[killer.trigger, "node_id"] == survivor_id
+    assert set(df["node_id"]) == {survivor_id}
+    run = client.get_run(df.loc[killer.trigger, "mlflow_run_id"])
+    assert run.data.tags["ray.node_id"] == survivor_id and run.info.status == "FINISHED"
