@@ -39,7 +39,7 @@ CAND_FRACTION = 0.01  # candidate / fresh-value buffers: at most this share of t
 MIN_CAND = 1 << 15
 
 _pool_lock = threading.Lock()
-_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool: tuple[tuple[int, int], ThreadPoolExecutor] | None = None
 
 
 def _threads() -> int:
@@ -51,12 +51,12 @@ def _run(jobs: list[Callable[[], object]]) -> list[object]:
     global _pool
     if len(jobs) <= 1:
         return [job() for job in jobs]
-    n = _threads()
+    key = (_threads(), os.getpid())  # a forked child must not reuse the parent's (threadless) pool
     with _pool_lock:
-        if _pool is None or _pool[0] != n:
-            if _pool is not None:
+        if _pool is None or _pool[0] != key:
+            if _pool is not None and _pool[0][1] == key[1]:
                 _pool[1].shutdown(wait=False)
-            _pool = (n, ThreadPoolExecutor(max_workers=n, thread_name_prefix="sh-kernels"))
+            _pool = (key, ThreadPoolExecutor(max_workers=key[0], thread_name_prefix="sh-kernels"))
         pool = _pool[1]
     return [f.result() for f in [pool.submit(_no_grad, job) for job in jobs]]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from collections import OrderedDict
 from functools import lru_cache
 from dataclasses import dataclass
@@ -189,7 +190,25 @@ _tied: OrderedDict = OrderedDict()
 
 
 def _inputs_key(weights: Tensors, grad_sums: Tensors) -> tuple:
-    return tuple((t.data_ptr(), t._version) for t in (*weights, *grad_sums))
+    return tuple((id(t), t.data_ptr(), t._version) for t in (*weights, *grad_sums))
+
+
+def _remember_ties(th: Threshold, weights: Tensors, grad_sums: Tensors, n_tied: int | None) -> None:
+    refs = [weakref.ref(t) for t in (*weights, *grad_sums)]
+    _tied[(th, _inputs_key(weights, grad_sums))] = (n_tied, refs)
+    while len(_tied) > 8:
+        _tied.popitem(last=False)
+
+
+def _recall_ties(th: Threshold, weights: Tensors, grad_sums: Tensors) -> int | None:
+    """n_tied from the select call on these very tensors, unchanged since; else None."""
+    hit = _tied.get((th, _inputs_key(weights, grad_sums)))
+    if hit is None:
+        return None
+    n_tied, refs = hit
+    if any(r() is not t for r, t in zip(refs, (*weights, *grad_sums))):
+        return None
+    return n_tied
 
 
 def sample_scores(weights: Tensors, grad_sums: Tensors, size: int, plans: list[_Plan] | None = None) -> torch.Tensor:
@@ -275,9 +294,7 @@ def select_threshold(
         _cand_cap(weights) if cand_cap is None else cand_cap,
         info=info,
     )
-    _tied[(th, _inputs_key(weights, grad_sums))] = info.get("n_tied")
-    while len(_tied) > 8:
-        _tied.popitem(last=False)
+    _remember_ties(th, weights, grad_sums, info.get("n_tied"))
     return th
 
 
@@ -301,7 +318,7 @@ def masked_reinit_(
     if not supported(weights, grad_sums):
         return reference.masked_reinit_(weights, grad_sums, threshold, inits, generator)
     device = weights[0].device if len(weights) else torch.device("cpu")
-    n_tied = _tied.get((threshold, _inputs_key(weights, grad_sums)))
+    n_tied = _recall_ties(threshold, weights, grad_sums)
     fresh_gen = reference.fresh_generator(generator, device)  # one draw, like the reference
     eligible = [0 if i is None else 1 for i in inits]
     if threshold.n_selected == 0 or not any(eligible):

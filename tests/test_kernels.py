@@ -443,3 +443,29 @@ def test_portable_build_of_the_c_loops_matches_the_native_one(tmp_path):
     assert a[2] == [int((s > tau).sum()), int((s == tau).sum())]
     assert a[3] == a[2][0] + ties
     assert a[5][0] == pytest.approx(float((w.double() * g.double()).sum()), rel=1e-5)
+
+
+def test_thread_pool_survives_fork():
+    """A child forked after the pool exists gets its own pool (no hang on the parent's dead threads)."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    gen = torch.Generator().manual_seed(0)
+    gs = [torch.randn(200_000, generator=gen), torch.randn(200_000, generator=gen)]
+    bufs = [torch.zeros_like(g) for g in gs]
+    kernels.accumulate_abs_grad_(bufs, gs)  # creates the pool (2 jobs)
+    code = (
+        "import os, sys, torch, kernels\n"
+        "torch.set_num_threads(2)\n"
+        "g = [torch.ones(200_000), torch.ones(200_000)]\n"
+        "b = [torch.zeros(200_000), torch.zeros(200_000)]\n"
+        "kernels.accumulate_abs_grad_(b, g)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    kernels.accumulate_abs_grad_(b, g)\n"
+        "    ok = b[0][:3].tolist() == [2.0] * 3 and b[1][-3:].tolist() == [2.0] * 3  # no torch parallel op here:\n"
+        "    os._exit(0 if ok else 3)  # torch's own OpenMP pool is not fork-safe\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "sys.exit(os.waitstatus_to_exitcode(status))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
