@@ -303,7 +303,7 @@ def masked_reinit_(
     def count_job(group):
         def run():
             out = []
-            bw, bg = _buffers()
+            bw, bg = (None, None) if all(wv[i].direct and gv[i].direct for i, _, _ in group) else _buffers()
             for i, a, b in group:
                 counts = (ctypes.c_int64 * 2)()
                 lib.sh_count_sel(wv[i].ptr(a, b, bw), gv[i].ptr(a, b, bg), b - a, tau, ctypes.addressof(counts))
@@ -342,7 +342,8 @@ def masked_reinit_(
 
         def write_job(items):
             def run():
-                bw, bg = _buffers()
+                direct_all = all(wv[i].direct and gv[i].direct for (i, _, _, _, _), _ in items)
+                bw, bg = (None, None) if direct_all else _buffers()
                 for (i, a, b, take, k), off in items:
                     if flats_w[i].dtype not in _ROUND_TRIP:
                         _write_torch(flats_w[i][a:b], _flat(grad_sums[i])[a:b], tau, take, fresh[off : off + k])
