@@ -106,11 +106,20 @@ def cmd_unlearn(args) -> int:
     from orchestrator.trial import run_unlearning
 
     set_threads()
-    cfg = run_config(args)
     if args.json and not Path(args.json).parent.exists():
         raise UserError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
-    result = run_unlearning(cfg, _cache_dir(args), progress=not args.no_progress)
-    print(format_table(result.report))
+    if args.task == "diffusion":
+        from orchestrator.diffusion.cli import diffusion_config_from_args, format_diffusion_table
+        from orchestrator.diffusion.run import run_diffusion_unlearning
+
+        result = run_diffusion_unlearning(diffusion_config_from_args(args), _cache_dir(args),
+                                          progress=not args.no_progress)
+        print(format_diffusion_table(result.report))
+        for path in result.extras.get("artifacts", []):
+            print(f"sample grid: {path}")
+    else:
+        result = run_unlearning(run_config(args), _cache_dir(args), progress=not args.no_progress)
+        print(format_table(result.report))
     if args.json:
         atomic_write_json(args.json, result.report)
         print(f"wrote {args.json}")
@@ -189,7 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("unlearn", help="one Scissorhands run, evaluated against original and retrain")
+    p.add_argument("--task", choices=("classification", "diffusion"), default="classification",
+                   help="classifier unlearning, or class/concept erasure from a diffusion model")
     _add_run_flags(p, with_method=True)
+    from orchestrator.diffusion.cli import add_diffusion_flags
+
+    add_diffusion_flags(p)  # flags shared with the classifier (--seed, --lr, ...) are reused
     p.add_argument("--json", default=None, help="write the result JSON here")
     p.set_defaults(func=cmd_unlearn)
 

@@ -168,3 +168,15 @@ def _run_class(cfg, cache_dir, artifact_dir, progress, on_epoch) -> TrialResult:
         **stats,
     }
     return TrialResult(report, result.model, result.history, extras)
+
+
+def build_references(cfg: DiffusionRunConfig, cache_dir: Path, progress: bool = True) -> None:
+    """Train (or find cached) the classifier and the original / retrain generators, so that
+    sweep trials only load them."""
+    cfg.validate()
+    dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.split_seed)
+    data = split_forget(dataset, ForgetSpec.parse(cfg.forget), cfg.seed)
+    device = resolve_device(cfg.device)
+    get_classifier(dataset, cfg.image_size, cfg.classifier, cfg.seed, cache_dir, progress)
+    for role in ("original", "retrain"):
+        get_generator(role, data, cfg.image_size, cfg.generator, cfg.seed, cache_dir, device, progress)

@@ -33,6 +33,10 @@ CLASSIFICATION_METRICS = (
     "retain_gap",  # mean of |RA - RA_rt| and |TA - TA_rt|: how far from keeping utility like retrain
 )
 
+# Metrics a diffusion (class erasure) trial reports; gap_* are |metric - retrain generator's|.
+DIFFUSION_METRICS = ("forget_acc", "retained_acc", "fid", "RTE_s", "gap_forget_acc", "gap_retained_acc", "gap_fid")
+TASK_METRICS = {"classification": CLASSIFICATION_METRICS, "diffusion": DIFFUSION_METRICS}
+
 Strict = ConfigDict(extra="forbid")
 
 
@@ -103,7 +107,7 @@ class EarlyStopping(BaseModel):
 class SweepSpec(BaseModel):
     model_config = Strict
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "diffusion"] = "classification"
     dataset: str = "mnist5k"
     data_dir: str | None = None
     model: str = "resnet8"
@@ -111,7 +115,8 @@ class SweepSpec(BaseModel):
     forget: str
     split_seed: int = 0
     preset: Literal["auto", "reference"] = "auto"
-    recipe: dict[str, Any] = {}
+    recipe: dict[str, Any] = {}  # reference recipe: classifier training, or the generator (diffusion)
+    classifier: dict[str, Any] = {}  # diffusion only: the evaluation classifier's recipe
     fixed: dict[str, Any] = {}
     search: dict[str, Distribution]
     objectives: list[ObjectiveSpec] = Field(min_length=1)
@@ -123,50 +128,59 @@ class SweepSpec(BaseModel):
     sampler_seed: int = 0
     kernels: Literal["reference", "fused", "triton"] | None = None
 
-    @field_validator("recipe")
-    @classmethod
-    def _recipe_keys(cls, v: dict) -> dict:
-        _only(v, RECIPE_KNOBS, "recipe")
-        return v
-
-    @field_validator("fixed")
-    @classmethod
-    def _fixed_keys(cls, v: dict) -> dict:
-        _only(v, METHOD_KNOBS, "fixed")
-        return v
-
     @field_validator("search")
     @classmethod
-    def _search_keys(cls, v: dict) -> dict:
+    def _search_not_empty(cls, v: dict) -> dict:
         if not v:
             raise ValueError("needs at least one searched knob")
-        _only(v, METHOD_KNOBS, "search")
-        return v
-
-    @field_validator("objectives")
-    @classmethod
-    def _objective_metrics(cls, v: list[ObjectiveSpec]) -> list[ObjectiveSpec]:
-        for obj in v:
-            if obj.metric not in CLASSIFICATION_METRICS:
-                raise ValueError(f"unknown metric {obj.metric!r}; allowed: {', '.join(CLASSIFICATION_METRICS)}")
-        if len({o.metric for o in v}) != len(v):
-            raise ValueError("an objective metric is listed twice")
         return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "SweepSpec":
+        recipe_knobs, method_knobs = task_knobs(self.task)
+        _only(self.recipe, recipe_knobs, "recipe")
+        if self.task == "diffusion":
+            from orchestrator.diffusion.config import ClassifierRecipe
+
+            _only(self.classifier, [f.name for f in dataclasses.fields(ClassifierRecipe)], "classifier")
+        elif self.classifier:
+            raise ValueError("'classifier' applies to task diffusion only")
+        _only(self.fixed, method_knobs, "fixed")
+        _only(self.search, method_knobs, "search")
+        metrics = TASK_METRICS[self.task]
+        for obj in self.objectives:
+            if obj.metric not in metrics:
+                raise ValueError(f"unknown metric {obj.metric!r} for task {self.task}; allowed: {', '.join(metrics)}")
+        if len({o.metric for o in self.objectives}) != len(self.objectives):
+            raise ValueError("an objective metric is listed twice")
         both = sorted(set(self.fixed) & set(self.search))
         if both:
             raise ValueError(f"knob(s) {both} are both fixed and searched")
         return self
 
     # --- derived configs -------------------------------------------------------------
-    def base_method(self) -> ScissorhandsConfig:
+    def base_method(self):
+        """Every method knob before the searched ones: preset + fixed (classification) or
+        the diffusion config's defaults + fixed."""
+        if self.task == "diffusion":
+            return self._diffusion_config({}, self.seeds[0])
         size = model_info(self.model).size
         preset = method_preset(self.preset, size, ForgetSpec.parse(self.forget).kind)
         return dataclasses.replace(preset, **_tuples(self.fixed))
 
-    def run_config(self, searched: dict, seed: int) -> RunConfig:
+    def _diffusion_config(self, searched: dict, seed: int):
+        from orchestrator.diffusion.config import ClassifierRecipe, DiffusionRunConfig, GeneratorRecipe
+
+        return DiffusionRunConfig(
+            dataset=self.dataset, data_dir=self.data_dir, forget=self.forget, seed=seed, split_seed=self.split_seed,
+            generator=GeneratorRecipe(**_tuples(self.recipe)), classifier=ClassifierRecipe(**self.classifier),
+            **_tuples(self.fixed), **_tuples(searched),
+        )
+
+    def run_config(self, searched: dict, seed: int):
+        """The config of one run: RunConfig (classification) or DiffusionRunConfig."""
+        if self.task == "diffusion":
+            return self._diffusion_config(searched, seed)
         method = dataclasses.replace(self.base_method(), **_tuples(searched))
         return RunConfig(
             dataset=self.dataset, data_dir=self.data_dir, model=self.model, width=self.width, forget=self.forget,
@@ -179,6 +193,17 @@ class SweepSpec(BaseModel):
         base = dataclasses.asdict(self.base_method())
         point = {k: base[k] for k in self.search}
         return point if all(self.search[k].contains(v) for k, v in point.items()) else None
+
+
+def task_knobs(task: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(reference-recipe knobs, method knobs) a task accepts."""
+    if task == "diffusion":
+        from orchestrator.diffusion.config import DiffusionRunConfig, GeneratorRecipe
+
+        fixed_by_spec = {"dataset", "data_dir", "forget", "seed", "split_seed", "generator", "classifier"}
+        method = tuple(f.name for f in dataclasses.fields(DiffusionRunConfig) if f.name not in fixed_by_spec)
+        return tuple(f.name for f in dataclasses.fields(GeneratorRecipe)), method
+    return RECIPE_KNOBS, METHOD_KNOBS
 
 
 def _only(keys, allowed, where: str) -> None:
@@ -214,7 +239,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     try:  # semantic checks that need the project's registries (model, forget spec, knob values)
         spec.base_method().validate()
         spec.run_config(spec.default_point() or {}, spec.seeds[0])
-        model_info(spec.model)
-    except UserError as exc:
+        if spec.task == "classification":
+            model_info(spec.model)
+    except (UserError, TypeError) as exc:
         raise UserError(f"search space {path}: {exc}") from None
     return spec

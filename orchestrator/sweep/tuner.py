@@ -26,10 +26,10 @@ from orchestrator.storage import atomic_write_json
 from orchestrator.sweep.frontier import hypervolume, pareto_mask, plot_frontier
 from orchestrator.sweep.results import ResultsTable
 from orchestrator.sweep import tracking
-from orchestrator.sweep.spec import CLASSIFICATION_METRICS, SweepSpec
+from orchestrator.sweep.spec import CLASSIFICATION_METRICS, DIFFUSION_METRICS, SweepSpec
 from ray.tune import Callback
 
-METRIC_KEYS = set(CLASSIFICATION_METRICS)
+METRIC_KEYS = set(CLASSIFICATION_METRICS) | set(DIFFUSION_METRICS)
 REPORTED_EXTRA = {"status", "error", "mlflow_run_id", "node_ip", "node_id"}
 
 PENALTY = 1e6  # objective value of a failed (diverged / pruned) trial: the worst the searcher can see
@@ -85,6 +85,14 @@ def trial_metrics(report: dict) -> dict[str, float]:
     return m
 
 
+def diffusion_metrics(report: dict) -> dict[str, float]:
+    u, rt = report["unlearned"], report["retrain"]
+    m = {k: float(u[k]) for k in ("forget_acc", "retained_acc", "fid", "RTE_s")}
+    for k in ("forget_acc", "retained_acc", "fid"):
+        m[f"gap_{k}"] = abs(u[k] - rt[k])
+    return m
+
+
 def aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
     out = {}
     for key in per_seed[0]:
@@ -112,28 +120,38 @@ def run_trial(searched: dict, ctx: TrialContext) -> dict:
         client.log_param(run_id, key, value)
     client.log_param(run_id, "seeds", ",".join(map(str, spec.seeds)))
     try:
-        per_seed, first_model = [], None
+        per_seed, first_model, artifacts = [], None, []
         for seed in spec.seeds:
             cfg = spec.run_config(searched, seed)
-            data = prepare(cfg)
-            refs = get_references(cfg, data, Path(ctx.cache_dir), progress=False, build=False)
 
             def on_epoch(record: dict, seed=seed) -> None:
                 for key, value in record.items():
-                    if key != "epoch":
+                    if key != "epoch" and isinstance(value, (int, float)):
                         client.log_metric(run_id, f"{key}/seed{seed}", value, step=record["epoch"])
                 rule = spec.early_stopping
-                if rule and record["epoch"] >= rule.after_epoch and record[rule.metric] < rule.min_value:
-                    raise Pruned(f"pruned: {rule.metric} {record[rule.metric]:.1f} < {rule.min_value} "
-                                 f"at epoch {record['epoch']}")
+                value = record.get(rule.metric) if rule else None
+                if value is not None and record["epoch"] >= rule.after_epoch and value < rule.min_value:
+                    raise Pruned(f"pruned: {rule.metric} {value:.1f} < {rule.min_value} at epoch {record['epoch']}")
 
-            result = run_unlearning(cfg, Path(ctx.cache_dir), data=data, references=refs, progress=False,
-                                    on_epoch=on_epoch)
-            per_seed.append(trial_metrics(result.report))
+            if spec.task == "diffusion":
+                from orchestrator.diffusion.run import run_diffusion_unlearning
+
+                result = run_diffusion_unlearning(cfg, Path(ctx.cache_dir), progress=False, on_epoch=on_epoch,
+                                                  artifact_dir=Path(ctx.cache_dir) / "trials" / trial_id / str(seed))
+                per_seed.append(diffusion_metrics(result.report))
+                artifacts += result.extras.get("artifacts", [])
+            else:
+                data = prepare(cfg)
+                refs = get_references(cfg, data, Path(ctx.cache_dir), progress=False, build=False)
+                result = run_unlearning(cfg, Path(ctx.cache_dir), data=data, references=refs, progress=False,
+                                        on_epoch=on_epoch)
+                per_seed.append(trial_metrics(result.report))
             first_model = first_model or result.model
         metrics = aggregate(per_seed)
         client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
         tracking.log_model(client, run_id, first_model)
+        for path in artifacts:
+            client.log_artifact(run_id, path, "samples")
         client.set_terminated(run_id, "FINISHED")
         return {**metrics, "status": "ok", "error": "", "mlflow_run_id": run_id, **_node()}
     except DivergenceError as exc:  # deterministic: recorded as failed, never retried
@@ -226,6 +244,11 @@ def build_references(spec: SweepSpec, cache_dir: Path, progress: bool) -> dict[i
     out = {}
     for seed in spec.seeds:
         cfg = spec.run_config({}, seed)
+        if spec.task == "diffusion":
+            from orchestrator.diffusion.run import build_references as build_generators
+
+            build_generators(cfg, cache_dir, progress)
+            continue  # generator metrics come with every trial's report
         data = prepare(cfg)
         refs = get_references(cfg, data, cache_dir, progress=progress)
         out[seed] = {"original": core(refs.original.metrics(data)), "retrain": core(refs.retrain.metrics(data))}
@@ -237,7 +260,7 @@ def reference_point(spec: SweepSpec, refs: dict[int, dict], observed: np.ndarray
     (0 for retrain by definition) the original model's gap instead; for a metric the
     references do not have (RTE_s) the worst value observed in the sweep."""
     point = []
-    for obj in spec.objectives:
+    for obj in (spec.objectives if refs else []):
         per_seed = []
         for r in refs.values():
             m = {**{k: r["retrain"][k] for k in CORE_METRICS}}
@@ -247,6 +270,7 @@ def reference_point(spec: SweepSpec, refs: dict[int, dict], observed: np.ndarray
             gaps["avg_gap"] = float(np.mean([gaps[f"gap_{k}"] for k in CORE_METRICS]))
             per_seed.append(m.get(obj.metric, gaps.get(obj.metric, math.nan)))
         point.append(float(np.mean(per_seed)))
+    point = point or [math.nan] * len(spec.objectives)
     for j, obj in enumerate(spec.objectives):
         if math.isnan(point[j]):
             point[j] = float(np.nanmax(observed[:, j]) if obj.direction == "min" else np.nanmin(observed[:, j]))
@@ -256,7 +280,7 @@ def reference_point(spec: SweepSpec, refs: dict[int, dict], observed: np.ndarray
 def _markers(spec: SweepSpec, refs: dict[int, dict]) -> dict[str, dict[str, float]]:
     """Original and retrain as points in objective space (gap metrics: retrain is 0)."""
     out = {}
-    for role in ("original", "retrain"):
+    for role in ("original", "retrain") if refs else ():
         rows = []
         for r in refs.values():
             fake = {"unlearned": {**r[role], "RTE_s": math.nan}, "retrain": r["retrain"],
@@ -286,12 +310,13 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
         summary["hypervolume_reference_point"] = ref_point
         ok = df[ok_mask]
         plotted = plot_frontier(df, [(o.metric, o.direction) for o in spec.objectives], paths.plot,
-                                markers=_markers(spec, refs))
+                                markers=_markers(spec, refs) or None)
         summary["plots"] = [str(p) for p in plotted]
         for p in plotted:
             client.log_artifact(parent_run_id, str(p))
         client.log_metric(parent_run_id, "hypervolume", summary["hypervolume"])
-        client.log_metric(parent_run_id, "best_avg_gap", float(ok["avg_gap"].min()))
+        if "avg_gap" in ok:
+            client.log_metric(parent_run_id, "best_avg_gap", float(ok["avg_gap"].min()))
     for row, on_front in zip(df.itertuples(), mask):
         run_id = getattr(row, "mlflow_run_id", None)
         if isinstance(run_id, str) and run_id:
