@@ -44,7 +44,7 @@ class GeneratorRecipe:
     layers_per_block: int = 1
     attention_head_dim: int = 16
     norm_groups: int = 8
-    steps: int = 2000
+    steps: int = 1500
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.0
@@ -130,7 +130,7 @@ class DiffusionRunConfig:
     epochs: int = 3
     steps_per_epoch: int = 40
     batch_size: int = 64
-    lr: float = 2e-4  # Adam
+    lr: float = 1e-4  # Adam
     projection: bool = False
     projection_strength: float = 0.5
     projection_eps: float = 1e-3
@@ -140,7 +140,7 @@ class DiffusionRunConfig:
     # evaluation
     samples_per_class: int = 50
     guidance_scale: float = 2.0
-    ddim_steps: int = 25
+    ddim_steps: int = 20
     eval_seed: int = 0
     grid_columns: int = 10
     # Stable Diffusion (text-concept erasure)
