@@ -218,3 +218,41 @@ def test_shipped_search_spaces_validate():
     for path in shipped:
         spec = load_spec(path)
         assert spec.trials >= 1 and spec.objectives
+
+
+TINY_DIFFUSION = """
+name: tinydiff
+task: diffusion
+dataset: mnist5k
+forget: class:3
+recipe: {steps: 20, widths: [8, 16], batch_size: 16}
+classifier: {epochs: 1, width: 4}
+fixed: {image_size: 8, epochs: 1, steps_per_epoch: 2, batch_size: 16, samples_per_class: 2, ddim_steps: 2,
+        score_batches: 1, score_batch_size: 16}
+search:
+  trim_ratio: {type: loguniform, low: 0.001, high: 0.05}
+  lr: {type: loguniform, low: 1.0e-4, high: 1.0e-3}
+objectives:
+  - {metric: forget_acc, direction: min}
+  - {metric: retained_acc, direction: max}
+trials: 4
+resources: {cpu: 1}
+max_concurrent: 2
+"""
+
+
+@pytest.mark.slow
+def test_four_trial_diffusion_sweep(tmp_path, no_ray):
+    space = tmp_path / "tinydiff.yaml"
+    space.write_text(TINY_DIFFUSION)
+    storage = tmp_path / "runs"
+    assert main(["sweep", str(space), "--storage", str(storage), "--no-progress"]) == 0
+    df = ResultsTable(storage / "tinydiff" / "results.parquet").read()
+    assert len(df) == 4 and (df["status"] == "ok").all() and df["trial_id"].is_unique
+    assert {"forget_acc", "retained_acc", "fid", "RTE_s", "gap_forget_acc"} <= set(df.columns)
+    values = df[["forget_acc", "retained_acc"]].to_numpy(dtype=float)
+    assert df["pareto"].astype(bool).tolist() == brute_force_pareto(values, ["min", "max"]).tolist()
+    client, parents, children = child_runs(storage, "tinydiff")
+    assert len(parents) == 1 and len(children) == 4
+    grids = {a.path for a in client.list_artifacts(children[0].info.run_id, "samples")}
+    assert any(p.endswith("grid-unlearned.png") for p in grids)
