@@ -131,6 +131,7 @@ def test_a_trial_that_raises_is_recorded_as_failed_and_the_sweep_completes(tmp_p
     assert len(failed) >= 1 and (failed["config.lr"] == 1e6).all()
     assert failed["error"].str.contains("loss became").all()
     assert not failed["pareto"].astype(bool).any()
+    assert failed[["gap_UA", "RA", "RTE_s"]].isna().all().all(), "the searcher's penalty leaked into the table"
     ok = df[df["status"] == "ok"]
     assert len(ok) >= 1 and (ok["config.lr"] == 0.005).all()
     _, _, children = child_runs(storage, "faulty")

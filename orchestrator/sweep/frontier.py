@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 DIRECTIONS = ("min", "max")
 # Trial states (Ray Tune "status", Optuna "state") that mean "no valid metrics".
-FAILED_STATES = frozenset({"error", "failed", "fail"})
+FAILED_STATES = frozenset({"error", "failed", "fail", "pruned"})
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ _MARKER_STYLES = ("*", "D", "P", "X", "^", "s", "v")
 def _panel(ax: Any, pts: np.ndarray, front: np.ndarray, ox: Objective, oy: Objective,
            markers: Mapping[str, Mapping[str, float]], legend: bool) -> None:
     ax.scatter(pts[~front, 0], pts[~front, 1], s=14, c="0.65", label="trials")
-    ax.scatter(pts[front, 0], pts[front, 1], s=30, c="tab:red", zorder=3, label="Pareto front")
+    ax.scatter(pts[front, 0], pts[front, 1], s=30, c="tab:red", zorder=5, label="Pareto front")
     # Staircase along this pair's own front, best x first (where="post" then
     # traces the boundary of the dominated region whatever the directions).
     pair = pts[pareto_mask(pts, [ox.direction, oy.direction])]
@@ -214,8 +214,9 @@ def _panel(ax: Any, pts: np.ndarray, front: np.ndarray, ox: Objective, oy: Objec
         ax.step(pair[:, 0], pair[:, 1], where="post", c="tab:red", lw=1, alpha=0.7)
     for k, (name, met) in enumerate(markers.items()):
         if ox.metric in met and oy.metric in met:
+            # Hollow: with gap objectives retrain sits at 0, right where the best trials are.
             ax.scatter([met[ox.metric]], [met[oy.metric]], marker=_MARKER_STYLES[k % len(_MARKER_STYLES)],
-                       s=120, edgecolors="k", zorder=4, label=name)
+                       s=140, facecolors="none", edgecolors=f"C{k}", linewidths=1.8, zorder=4, label=name)
     ax.set_xlabel(_label(ox))
     ax.set_ylabel(_label(oy))
     ax.grid(alpha=0.3)

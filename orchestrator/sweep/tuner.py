@@ -200,8 +200,10 @@ class ResultsCallback(Callback):
 
     def _record(self, trial, result: dict, error: str | None) -> None:
         row = {"trial_id": trial.trial_id, "config": dict(trial.config)}
+        # A failed or pruned trial reports PENALTY to the searcher only: its table row has no metrics.
+        measured = result.get("status") == "ok"
         for key, value in result.items():
-            if key in REPORTED_EXTRA or key in METRIC_KEYS or key.removesuffix("_std") in METRIC_KEYS:
+            if key in REPORTED_EXTRA or (measured and key.removesuffix("_std") in METRIC_KEYS):
                 row[key] = value
         if error is not None:
             row.update({"status": "error", "error": error})
