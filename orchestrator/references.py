@@ -6,10 +6,8 @@ rebuilt, never loaded. Evaluated metrics are cached beside the model per forget 
 """
 from __future__ import annotations
 
-import io
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,12 +18,11 @@ from orchestrator.config import RunConfig
 from orchestrator.data import Dataset, UnlearnData
 from orchestrator.evaluation import evaluate
 from orchestrator.models import build_model
-from orchestrator.storage import atomic_write_bytes, atomic_write_json, content_key, file_lock, sha256_file
+from orchestrator.storage import atomic_write_json, content_key, file_lock, load_checkpoint, save_checkpoint
 from orchestrator.training import to_float, train_classifier
 
 TRAINING_CODE_VERSION = 1  # bump when the training loop changes what a recipe produces
 
-BUILD_COUNTER_ENV = "SCISSORHANDS_BUILD_LOG"  # optional file that gets one line per model trained
 
 
 def default_cache_dir() -> Path:
@@ -81,21 +78,6 @@ class References:
     retrain: Reference
 
 
-def _load_entry(entry: Path, model: nn.Module) -> bool:
-    meta_file, weights = entry / "meta.json", entry / "model.pt"
-    try:
-        meta = json.loads(meta_file.read_text())
-        if sha256_file(weights) != meta["sha256"]:
-            raise ValueError("checksum mismatch")
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        return True
-    except FileNotFoundError:
-        return False
-    except Exception as exc:  # anything unreadable is rebuilt, never loaded
-        print(f"warning: cache entry {entry} is corrupt ({exc}); rebuilding it", file=sys.stderr)
-        return False
-
-
 def get_reference(
     role: str, cfg: RunConfig, data: UnlearnData, cache_dir: Path, progress: bool = True, build: bool = True
 ) -> Reference:
@@ -105,7 +87,7 @@ def get_reference(
     entry = Path(cache_dir) / f"{role}-{content_key(spec)}"
     model = make_model(cfg, data.dataset)
     with file_lock(Path(cache_dir) / f".{entry.name}.lock"):
-        if _load_entry(entry, model):
+        if load_checkpoint(entry, model) is not None:
             return Reference(role, model.eval(), entry)
         if not build:
             raise RuntimeError(f"{role} reference {entry} is missing; it must be built before the trials")
@@ -121,13 +103,7 @@ def get_reference(
             weight_decay=r.weight_decay, natural=data.dataset.natural_images, generator=generator,
             desc=f"train {role}", progress=progress,
         )
-        buf = io.BytesIO()
-        torch.save(model.state_dict(), buf)
-        atomic_write_bytes(entry / "model.pt", buf.getvalue())
-        atomic_write_json(entry / "meta.json", {"sha256": sha256_file(entry / "model.pt"), "spec": spec})
-        if os.environ.get(BUILD_COUNTER_ENV):
-            with open(os.environ[BUILD_COUNTER_ENV], "a") as log:
-                log.write(f"{role} {entry.name}\n")
+        save_checkpoint(role, entry, model, {"spec": spec})
     return Reference(role, model.eval(), entry)
 
 

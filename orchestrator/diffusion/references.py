@@ -8,11 +8,8 @@ of a reference are cached beside it per evaluation setting.
 from __future__ import annotations
 
 import copy
-import io
 import json
 import math
-import os
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,12 +26,11 @@ from orchestrator.diffusion.tasks import _shuffled, drop_labels
 from orchestrator.diffusion.unet import build_class_unet
 from orchestrator.methods.scissorhands_diffusion import cycle
 from orchestrator.models import build_model
-from orchestrator.storage import atomic_write_bytes, atomic_write_json, content_key, file_lock, sha256_file
+from orchestrator.storage import content_key, file_lock, load_checkpoint, save_checkpoint
 from orchestrator.training import accuracy, check_finite, to_float, train_classifier
 
 GENERATOR_CODE_VERSION = 1  # bump when train_generator changes what a recipe produces
 CLASSIFIER_CODE_VERSION = 1
-BUILD_LOG_ENV = "SCISSORHANDS_BUILD_LOG"  # optional file that gets one line per model trained
 
 
 def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -62,21 +58,6 @@ class Cached:
     meta: dict
 
 
-def _load_verified(entry: Path, model: nn.Module) -> dict | None:
-    meta_file, weights = entry / "meta.json", entry / "model.pt"
-    try:
-        meta = json.loads(meta_file.read_text())
-        if sha256_file(weights) != meta["sha256"]:
-            raise ValueError("checksum mismatch")
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        return meta
-    except FileNotFoundError:
-        return None
-    except Exception as exc:  # anything unreadable is rebuilt, never loaded
-        print(f"warning: cache entry {entry} is corrupt ({exc}); rebuilding it", file=sys.stderr)
-        return None
-
-
 def cached_model(
     kind: str, spec: dict, cache_dir: Path, build: Callable[[], nn.Module], train: Callable[[nn.Module], dict]
 ) -> Cached:
@@ -84,20 +65,13 @@ def cached_model(
     entry = Path(cache_dir) / f"{kind}-{content_key(spec)}"
     with file_lock(Path(cache_dir) / f".{entry.name}.lock"):
         model = build()
-        meta = _load_verified(entry, model)
+        meta = load_checkpoint(entry, model)
         if meta is not None:
             return Cached(kind, model.eval(), entry, meta)
         for stale in list(entry.glob("eval-*")):  # metrics of a model that no longer exists
             stale.unlink()
         info = train(model)
-        buf = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-        atomic_write_bytes(entry / "model.pt", buf.getvalue())
-        meta = {"sha256": sha256_file(entry / "model.pt"), "spec": spec, "info": info}
-        atomic_write_json(entry / "meta.json", meta)
-        if os.environ.get(BUILD_LOG_ENV):
-            with open(os.environ[BUILD_LOG_ENV], "a") as log:
-                log.write(f"{kind} {entry.name}\n")
+        meta = save_checkpoint(kind, entry, model, {"spec": spec, "info": info})
     return Cached(kind, model.eval(), entry, meta)
 
 
