@@ -36,7 +36,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sweep-overhead-"))
     build_log = work / "builds.log"
     os.environ["SCISSORHANDS_BUILD_LOG"] = str(build_log)
-    spec = load_spec(args.space).model_copy(update={"trials": args.trials, "max_concurrent": 1})
+    # No early stopping: a pruned trial would be short in the sweep and full-length in-process.
+    spec = load_spec(args.space).model_copy(update={"trials": args.trials, "max_concurrent": 1,
+                                                    "early_stopping": None})
     spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"cpu": 1})})
 
     summary = run_sweep(spec, storage=work / "runs", progress=False)
@@ -51,8 +53,8 @@ def main() -> None:
         searched = {k: row[f"config.{k}"] for k in spec.search}
         searched = {k: (int(v) if spec.search[k].type == "int" else v) for k, v in searched.items()}
         cfg = spec.run_config(searched, spec.seeds[0])
-        data = prepare(cfg)
         start = time.perf_counter()
+        data = prepare(cfg)
         run_unlearning(cfg, cache, data=data, references=get_references(cfg, data, cache, build=False),
                        progress=False)
         in_process.append(time.perf_counter() - start)

@@ -127,6 +127,10 @@ def cmd_unlearn(args) -> int:
 
 
 def _storage(args) -> Path:
+    # The reference cache, Parquet table and file locks need POSIX files that every node shares.
+    if "://" in str(args.storage):
+        raise UserError(f"--storage {args.storage!r}: object-store URIs are not supported; give a path every "
+                        "node mounts (NFS, EFS, Filestore, or the bucket through s3fs / gcsfuse)")
     return Path(args.storage)
 
 

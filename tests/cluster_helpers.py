@@ -156,7 +156,7 @@ class MlflowServer:
         return self.uri
 
     def stop(self) -> None:
-        _stop_group(self.proc)
+        stop_group(self.proc)
         self._log.close()
 
 
@@ -172,7 +172,7 @@ def mlflow_server(root: Path, wait: bool = True):
         server.stop()
 
 
-def _stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
+def stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -221,7 +221,7 @@ class SweepProcess:
         return _tail(self.log_path)
 
     def stop(self) -> None:
-        _stop_group(self.proc)
+        stop_group(self.proc)
         self._log.close()
 
 

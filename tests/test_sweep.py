@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -207,10 +208,12 @@ def test_missing_space_file_and_unknown_sweep(tmp_path, capsys):
     assert "file not found" in capsys.readouterr().err
     assert main(["frontier", "ghost", "--storage", str(tmp_path)]) == 2
     assert "no sweep named 'ghost'" in capsys.readouterr().err
+    space = str(Path(__file__).parents[1] / "search_spaces" / "mnist5k_random.yaml")
+    assert main(["sweep", space, "--storage", "s3://bucket/sweeps"]) == 2
+    assert "--storage 's3://bucket/sweeps': object-store URIs are not supported" in capsys.readouterr().err
 
 
 def test_shipped_search_spaces_validate():
-    from pathlib import Path
 
     from orchestrator.sweep.spec import load_spec
 
