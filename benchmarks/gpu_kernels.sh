@@ -21,6 +21,6 @@ timeout "${TEST_TIMEOUT:-150}" python3 -m pytest --noconftest -p no:cacheprovide
 echo "tests: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu_tests.txt"
 
 t0=$(date +%s)
-timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/kernels.py --device cuda \
+timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/kernel_speed.py --device cuda \
   --sizes "${SIZES:-11200000,100000000,860000000}" --out "$OUT/gpu_bench.jsonl" 2>&1 | tee "$OUT/gpu_bench.log"
 echo "benchmark: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu_bench.log"

@@ -1,6 +1,6 @@
 """Benchmark the kernels against the reference code's way, full argsort and the bandwidth floor.
 
-    python benchmarks/kernels.py [--device cpu|cuda] [--sizes 11200000,100000000] [--repeats 3]
+    python benchmarks/kernel_speed.py [--device cpu|cuda] [--sizes 11200000,100000000] [--repeats 3]
 
 Prints one JSON object per line (and appends them to --out when given):
 
