@@ -24,7 +24,6 @@ from orchestrator.training import to_float, train_classifier
 TRAINING_CODE_VERSION = 1  # bump when the training loop changes what a recipe produces
 
 
-
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SCISSORHANDS_CACHE") or Path.home() / ".cache" / "scissorhands-sweep")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import os
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
