@@ -24,6 +24,7 @@ from kernels.dispatch import (
     resolve_backend,
     select_threshold,
     selection_masks,
+    snip_threshold,
 )
 from kernels.reference import InitSpec, Threshold
 
@@ -37,4 +38,5 @@ __all__ = [
     "resolve_backend",
     "select_threshold",
     "selection_masks",
+    "snip_threshold",
 ]

@@ -30,7 +30,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, with_method: bool) -> None:
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 python batch folder")
     parser.add_argument("--model", default="resnet8", help="resnet8 | resnet20 | resnet18")
     parser.add_argument("--width", type=int, default=None, help="base channel width (default per model)")
-    parser.add_argument("--forget", default="class:3", help="class:K or random:FRACTION")
+    parser.add_argument("--forget", default="class:3", help="class:K, random:FRACTION or mislabeled:FRACTION")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split-seed", type=int, default=0, help="train/test split seed (kept fixed)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="reference-model cache")
@@ -170,10 +170,29 @@ def cmd_frontier(args) -> int:
 def cmd_pick(args) -> int:
     from orchestrator.sweep.pick import pick
 
-    chosen = pick(_storage(args), args.name, args.rule, args.where or [], alias=args.alias,
-                  model_name=args.model_name, tracking_uri=args.tracking_uri, frontier_only=args.frontier_only)
-    print(json.dumps(chosen, indent=2))
-    print(f"load it with: mlflow.pytorch.load_model({chosen['uri']!r})")
+    from orchestrator.storage import atomic_write_json
+
+    if args.json and not Path(args.json).parent.exists():
+        raise UserError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
+    chosen, table = pick(_storage(args), args.name, args.rule, args.where or [], alias=args.alias,
+                         model_name=args.model_name, tracking_uri=args.tracking_uri,
+                         frontier_only=args.frontier_only, validate_seeds=args.validate_seeds,
+                         progress=not args.no_progress)
+    print(f"trial {chosen['trial_id']}: {json.dumps(chosen['config'])}")
+    print(table)
+    validation = chosen["validation"]
+    if validation and validation.get("diverged"):
+        print(f"diverged on held-out seeds: {', '.join(str(d['seed']) for d in validation['diverged'])}")
+    if chosen["alias"]:
+        print(f"registered {chosen['model_uri']}; load it with: mlflow.pytorch.load_model({chosen['model_uri']!r})")
+    else:
+        imp = validation["improvement"]
+        print(f"not better than doing nothing on {len(validation['seeds'])} held-out seeds (Avg. Gap improvement "
+              f"{imp['mean']:.3f}, 95% CI [{imp['ci95_low']:.3f}, {imp['ci95_high']:.3f}]): registered as "
+              f"{chosen['model_uri']} without the {args.alias!r} alias")
+    if args.json:
+        atomic_write_json(args.json, chosen)
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -236,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frontier-only", action="store_true", help="choose among frontier trials only")
     p.add_argument("--alias", default="champion")
     p.add_argument("--model-name", default=None, help="registered model name (default: the sweep name)")
+    p.add_argument("--validate-seeds", type=int, default=5,
+                   help="re-run the pick on N seeds the search never used before registering (0 skips)")
+    p.add_argument("--json", default=None, help="write the pick and its validation here")
+    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--storage", default="runs", help=storage_help)
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=cmd_pick)

@@ -30,7 +30,7 @@ class ScissorhandsConfig:
     lr: float = 5e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    batch_size: int = 128
+    batch_size: int = 256  # retain and forget loaders, and the r batch
     score_batches: int = 1
     score_batch_size: int = 256
     memory_batches: int = 1
@@ -86,6 +86,8 @@ MEASURED_DEFAULTS: dict[tuple[str, str], ScissorhandsConfig] = {
     ("large", "class"): REFERENCE,
     ("large", "random"): REFERENCE,
 }
+MEASURED_DEFAULTS[("small", "mislabeled")] = MEASURED_DEFAULTS[("small", "random")]
+MEASURED_DEFAULTS[("large", "mislabeled")] = REFERENCE
 
 PRESETS = ("auto", "reference")
 

@@ -6,6 +6,7 @@ run's seed, as in the paper's protocol.
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import pickle
@@ -147,9 +148,15 @@ def load_dataset(name: str, data_dir: str | None = None, split_seed: int = 0) ->
     raise UserError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
 
 
+FORGET_KINDS = "random:FRACTION (e.g. random:0.1), mislabeled:FRACTION (e.g. mislabeled:0.1) or class:K (e.g. class:3)"
+
+
 @dataclass(frozen=True)
 class ForgetSpec:
-    """``random:FRACTION`` (seeded share of the training split) or ``class:K``."""
+    """``random:FRACTION`` (seeded share of the training split), ``class:K``, or
+    ``mislabeled:FRACTION``: a seeded share of the training split gets a wrong label (seeded,
+    uniform over the other classes) and is the forget set: the original model learns the
+    noise, the retrain model never sees it (removing mislabeled data)."""
 
     kind: str
     value: float
@@ -158,20 +165,20 @@ class ForgetSpec:
     def parse(cls, text: str) -> "ForgetSpec":
         kind, _, arg = text.partition(":")
         try:
-            if kind == "random":
+            if kind in ("random", "mislabeled"):
                 frac = float(arg)
                 if not 0.0 < frac < 1.0:
                     raise UserError(f"--forget {text}: fraction must be in (0, 1)")
-                return cls("random", frac)
+                return cls(kind, frac)
             if kind == "class":
                 return cls("class", int(arg))
         except ValueError as exc:
             if isinstance(exc, UserError):
                 raise
-        raise UserError(f"--forget {text!r}: allowed random:FRACTION (e.g. random:0.1) or class:K (e.g. class:3)")
+        raise UserError(f"--forget {text!r}: allowed {FORGET_KINDS}")
 
     def __str__(self) -> str:
-        return f"random:{self.value:g}" if self.kind == "random" else f"class:{int(self.value)}"
+        return f"class:{int(self.value)}" if self.kind == "class" else f"{self.kind}:{self.value:g}"
 
     @property
     def forget_class(self) -> int | None:
@@ -215,6 +222,16 @@ class UnlearnData:
         return hashlib.sha256(self.forget_idx.numpy().tobytes()).hexdigest()[:16]
 
 
+def _mislabel(dataset: Dataset, idx: torch.Tensor, rng: np.random.Generator) -> Dataset:
+    """The same dataset with every sample in ``idx`` relabelled to another class (never its own)."""
+    k = dataset.num_classes
+    if k < 2:
+        raise UserError(f"--forget mislabeled: needs at least 2 classes, the data has {k}")
+    y = dataset.y_train.clone()
+    y[idx] = (y[idx] + torch.from_numpy(rng.integers(1, k, len(idx)))) % k
+    return dataclasses.replace(dataset, y_train=y)
+
+
 def split_forget(dataset: Dataset, forget: ForgetSpec, seed: int) -> UnlearnData:
     y = dataset.y_train
     n = len(y)
@@ -226,9 +243,12 @@ def split_forget(dataset: Dataset, forget: ForgetSpec, seed: int) -> UnlearnData
         mask = y == k
     else:
         count = int(round(forget.value * n))
-        perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+        rng = np.random.default_rng(seed)
+        perm = torch.from_numpy(rng.permutation(n))
         mask = torch.zeros(n, dtype=torch.bool)
         mask[perm[:count]] = True
+        if forget.kind == "mislabeled":
+            dataset = _mislabel(dataset, torch.nonzero(mask).flatten(), rng)
     forget_idx = torch.nonzero(mask).flatten()
     retain_idx = torch.nonzero(~mask).flatten()
     if len(forget_idx) == 0:

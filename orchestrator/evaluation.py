@@ -43,11 +43,13 @@ def mia_efficacy(
     member_feats: np.ndarray, nonmember_feats: np.ndarray, target_feats: np.ndarray
 ) -> float:
     """Train an RBF SVM (C=3, gamma='auto') members=1 / non-members=0; return
-    100 * (1 - mean prediction on the target set) = share called non-member."""
+    100 * (1 - mean prediction on the target set) = share called non-member.
+    NaN (undefined) when the attack feature is constant: such an attack cannot tell anything
+    about the forget set, so any number would be made up."""
     x = np.concatenate([member_feats, nonmember_feats])
     y = np.concatenate([np.ones(len(member_feats)), np.zeros(len(nonmember_feats))])
-    if len(np.unique(x, axis=0)) == 1:  # SVC needs variation; identical features carry no signal
-        return 100.0 * (1.0 - float(np.mean(y)))
+    if len(np.unique(x, axis=0)) == 1:
+        return float("nan")
     clf = SVC(C=3, gamma="auto", kernel="rbf")
     clf.fit(x, y)
     return 100.0 * (1.0 - float(clf.predict(target_feats).mean()))

@@ -199,23 +199,29 @@ def test_presets_select_the_documented_modules():
 
     from orchestrator.diffusion.unet import build_class_unet, select_parameters
 
-    unet = build_class_unet(TINY.generator, 8, 1, 10)
-    names = select_parameters(unet, ("attn1_up",))
-    assert names and all(n.startswith("up_blocks.0.attentions.") for n in names)  # 2 levels: 1 attention up-block
-    assert not any("group_norm" in n for n in names)
+    qkvo = [f"{layer}.{kind}" for layer in ("to_q", "to_k", "to_v", "to_out.0") for kind in ("weight", "bias")]
+    unet = build_class_unet(TINY.generator, 8, 1, 10)  # 2 levels: 1 attention up-block
+    assert select_parameters(unet, ("attn1_up",)) == [f"up_blocks.0.attentions.1.{p}" for p in qkvo]
     deeper = build_class_unet(GeneratorRecipe(widths=(16, 32, 32), attention_head_dim=8), 8, 1, 10)
-    blocks = {n.split(".")[1] for n in select_parameters(deeper, ("attn1_up",))}
-    assert blocks == {"0", "1"}  # "self-attention of two up-blocks"
+    assert select_parameters(deeper, ("attn1_up",)) == [f"up_blocks.{b}.attentions.1.{p}" for b in (0, 1) for p in qkvo]
+    # up-blocks with a single attention module fall back to it
+    single = build_class_unet(GeneratorRecipe(widths=(16, 32, 32), attention_head_dim=8, layers_per_block=0), 8, 1, 10)
+    assert select_parameters(single, ("attn1_up",)) == [f"up_blocks.{b}.attentions.0.{p}" for b in (0, 1) for p in qkvo]
     with pytest.raises(UserError, match="selects no parameter"):
         select_parameters(unet, ("^nothing_here",))
 
+    # SD v1 layout: up_blocks 1 and 2 carry attention; the reference trims attn1 of attentions.1 of both
+    # (CompVis output_blocks 4 and 7)
     sd = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32, norm_num_groups=8, attention_head_dim=8,
     )
     self_up = select_parameters(sd, ("attn1_up",))
-    assert self_up and all(n.startswith("up_blocks.1.attentions.") and ".attn1." in n for n in self_up)
+    assert self_up == [f"up_blocks.{b}.attentions.1.transformer_blocks.0.attn1.{p}"
+                       for b in (1, 2) for p in ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight",
+                                                 "to_out.0.bias")]
     cross = select_parameters(sd, ("attn2",))
     assert cross and all(".attn2." in n for n in cross)
     assert any(n.startswith("down_blocks.") for n in cross)
@@ -341,13 +347,52 @@ def test_trimming_touches_only_selected_modules(tiny_run):
         assert res.history == []
 
 
+def test_default_threshold_is_the_global_kth_score_over_the_whole_unet(monkeypatch):
+    """Reference SD code: one threshold over the scores of ALL UNet parameters; only the trimmed modules change."""
+    import kernels
+    import orchestrator.methods.scissorhands_diffusion  # noqa: F401
+    from orchestrator.diffusion.unet import build_class_unet, select_parameters
+    from orchestrator.methods import METHODS
+
+    assert TINY.threshold_scope == DiffusionRunConfig().threshold_scope == "all"
+    select = kernels.select_threshold
+    seen = {}
+
+    def spy(weights, grad_sums, n_select, backend=None):
+        scores = torch.cat([(w * g).abs().flatten() for w, g in zip(weights, grad_sums)])
+        seen.update(weights=list(weights), kth=float(scores.topk(n_select).values[-1]))
+        return select(weights, grad_sums, n_select, backend=backend)
+
+    monkeypatch.setattr(kernels, "select_threshold", spy)
+    cfg = dataclasses.replace(TINY, epochs=0, score_batches=1)
+    task = _task(cfg)
+    tau = {}
+    for scope in ("all", "trimmed"):
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            unet = build_class_unet(cfg.generator, cfg.image_size, 1, 10)
+        params = list(unet.parameters())
+        before = [p.detach().clone() for p in params]
+        res = METHODS["scissorhands_diffusion"](
+            unet, task, dataclasses.replace(cfg, threshold_scope=scope), torch.Generator().manual_seed(0))
+        tau[scope] = res.stats["tau"]
+        assert res.stats["tau"] == seen["kth"]
+        named = dict(unet.named_parameters())
+        ranked = params if scope == "all" else [named[n] for n in select_parameters(unet, cfg.trim_modules)]
+        assert [id(p) for p in seen["weights"]] == [id(p) for p in ranked]
+        assert res.stats["n_scored"] == sum(p.numel() for p in ranked)
+        changed = {n for (n, p), b in zip(unet.named_parameters(), before) if not torch.equal(p, b)}
+        assert changed and changed <= set(res.stats["trimmed_params"])
+    assert tau["all"] != tau["trimmed"]
+
+
 @pytest.mark.slow
 def test_threshold_over_all_parameters_still_trims_only_selected(tiny_run):
     from orchestrator.methods import METHODS
 
     unet = _original(tiny_run)
     before = {n: p.detach().clone() for n, p in unet.named_parameters()}
-    cfg = dataclasses.replace(TINY, threshold_scope="all", epochs=0, trim_ratio=0.2)
+    cfg = dataclasses.replace(TINY, epochs=0, trim_ratio=0.2)  # default scope: the whole UNet
     res = METHODS["scissorhands_diffusion"](unet, _task(cfg), cfg, torch.Generator().manual_seed(0))
     changed = {n for n, p in unet.named_parameters() if not torch.equal(p, before[n])}
     assert changed <= set(res.stats["trimmed_params"])

@@ -58,6 +58,12 @@ def test_mia_efficacy_separable_members_and_non_members():
     assert mia_efficacy(members, nonmembers, half) == pytest.approx(50.0)
 
 
+def test_mia_with_a_constant_feature_is_undefined_not_a_number_made_up():
+    ones = np.ones((20, 1))
+    assert np.isnan(mia_efficacy(ones, ones, np.zeros((5, 1))))
+    assert np.isnan(mia_efficacy(ones, ones, np.ones((5, 1))))
+
+
 def test_mia_features_known_values():
     probs = np.array([[0.5, 0.5], [1.0, 0.0]])
     labels = np.array([0, 1])

@@ -120,6 +120,38 @@ def test_threshold_selects_exactly_the_top_n_with_ties_to_the_lowest_index(data)
     assert torch.equal(taken, tied[: th.take_ties])
 
 
+def reference_code_masks(ws, gs, trim_ratio):
+    """The published code's cut, verbatim in spirit: concatenate, kthvalue, guard, s > tau."""
+    s = [(w.float() * g.float()).abs() for w, g in zip(ws, gs)]
+    flat = torch.cat([t.flatten() for t in s])
+    k = min(max(int((1 - trim_ratio) * flat.numel()), 1), flat.numel())
+    tau = flat.kthvalue(k).values
+    if tau >= flat.max() - 1e-12 or tau <= flat.min() + 1e-12:
+        tau = (flat.max() - flat.min()) / 2.0
+    return [t > tau for t in s]
+
+
+@SETTINGS
+@given(data=st.data())
+def test_snip_threshold_selects_what_the_reference_code_selects(data):
+    ws, gs = data.draw(tensor_lists())
+    trim = data.draw(st.sampled_from([0.001, 0.03, 0.1, 0.5, 0.97]))
+    want = reference_code_masks(ws, gs, trim)
+    for backend in ("reference", "fused"):
+        th = kernels.snip_threshold(ws, gs, trim, backend=backend)
+        got = kernels.selection_masks(ws, gs, th, backend=backend)
+        assert th.take_ties == 0 and th.n_selected == sum(int(m.sum()) for m in want)
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)
+
+
+def test_snip_threshold_guard_when_most_scores_are_zero():
+    ws = [torch.tensor([0.0] * 98 + [1.0, 3.0])]
+    gs = [torch.ones(100)]
+    th = kernels.snip_threshold(ws, gs, 0.03)  # k-th smallest is 0 = the minimum: guard
+    assert th.tau == 1.5 and th.n_selected == 1
+
+
 def test_threshold_edges_and_errors():
     ws = [torch.tensor([3.0, 1.0, 2.0]), torch.tensor([[2.0, 5.0]])]
     gs = [torch.ones(3), torch.ones(1, 2)]

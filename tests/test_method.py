@@ -28,14 +28,16 @@ def tiny_model(seed=0):
 def test_scores_equal_abs_w_times_summed_abs_grads_by_hand(data):
     cfg = ScissorhandsConfig(score_batches=3, score_batch_size=32)
     model = tiny_model()
+    running_mean = model.bn1.running_mean.clone()
     grad_sums = sensitivity(model, data, cfg, torch.Generator().manual_seed(5), backend=None)
+    # Train mode, as the reference code scores: batch statistics, running statistics updated.
+    assert model.training and not torch.equal(model.bn1.running_mean, running_mean)
 
-    # By hand: replay the same random draws, sum |g| batch by batch with autograd.
+    # By hand: replay the same random draws (a shuffled loader's first batch), sum |g| with autograd.
     gen = torch.Generator().manual_seed(5)
-    model.eval()
     expected = [torch.zeros_like(p) for p in model.parameters()]
     for _ in range(3):
-        idx = torch.randint(0, len(data.y_forget), (32,), generator=gen)
+        idx = torch.randperm(len(data.y_forget), generator=gen)[:32]
         x = augment(data.x_forget[idx], False, gen)
         loss = F.cross_entropy(model(x), data.y_forget[idx])
         for e, g in zip(expected, torch.autograd.grad(loss, list(model.parameters()))):
@@ -55,10 +57,11 @@ def test_threshold_marks_exactly_the_top_share_and_trim_touches_only_marked_elig
 
     all_scores = torch.cat([(p.detach() * g).abs().flatten() for p, g in zip(model.parameters(), grad_sums)])
     n = all_scores.numel()
-    n_select = n - int(np.floor(0.95 * n))
+    kth = all_scores.kthvalue(int(0.95 * n)).values  # the reference code's cut
     masks = kernels.selection_masks(list(model.parameters()), grad_sums,
-                                    kernels.select_threshold(list(model.parameters()), grad_sums, n_select))
-    assert sum(int(m.sum()) for m in masks) == n_select
+                                    kernels.snip_threshold(list(model.parameters()), grad_sums, 0.05))
+    assert sum(int(m.sum()) for m in masks) == int((all_scores > kth).sum())
+    assert 0.04 * n < int((all_scores > kth).sum()) <= 0.05 * n + 1
     # Every selected score is >= every unselected one (top-k by value).
     flat_mask = torch.cat([m.flatten() for m in masks])
     assert all_scores[flat_mask].min() >= all_scores[~flat_mask].max()

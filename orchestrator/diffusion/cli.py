@@ -13,7 +13,7 @@ import dataclasses
 import typing
 
 from orchestrator.diffusion.config import (
-    DEVICES, INITS, PROJECTION_SCOPES, REPAIR_MODULES, REPAIRS, THRESHOLD_SCOPES, TRIM_PRESETS,
+    DEVICES, INITS, PROJECTION_SCOPES, REPAIR_MODULES, REPAIRS, TRIM_PRESETS,
     ClassifierRecipe, DiffusionRunConfig, GeneratorRecipe,
 )
 
@@ -24,7 +24,8 @@ HELP = {
     "score_batches": "forget batches for connection sensitivity (reference: 10)",
     "trim_ratio": "share of scored entries re-initialised (reference 0.001-0.005 for diffusion)",
     "trim_modules": f"UNet modules to trim: presets {', '.join(TRIM_PRESETS)} or regexes on parameter names",
-    "threshold_scope": f"{' | '.join(THRESHOLD_SCOPES)}: entries ranked against each other",
+    "threshold_scope": "all: one threshold over every UNet parameter (reference) | "
+                       "trimmed: scores ranked only within --trim-modules",
     "init": " | ".join(INITS),
     "repair": "anchor: L_r + lambda*L_u (forget condition -> anchor) | ascent: L_r - lambda*L_f",
     "forget_weight": "lambda",

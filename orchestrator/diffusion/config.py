@@ -19,6 +19,8 @@ How the defaults were chosen (mnist5k, forget class:3, 2-core CPU shared with ot
   repairing only the trimmed modules (lr 1e-3) left 12%; ascent with lambda 0.05 did nothing
   (forget_acc 100%); projection changed little (4%, FID 1.5).
 - trim_ratio 0.005 (the reference's 0.001-0.005), 10 score batches (reference).
+These numbers predate two fixes that made the defaults the reference's (threshold over the
+whole UNet, not the trimmed modules; attn1_up = attentions.1 only, not every attention).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from orchestrator.errors import UserError
 TRIM_PRESETS = ("attn1_up", "attn2", "attn", "all")
 REPAIRS = ("anchor", "ascent")
 REPAIR_MODULES = ("all", "trimmed")
-THRESHOLD_SCOPES = ("trimmed", "all")
+THRESHOLD_SCOPES = ("all", "trimmed")
 PROJECTION_SCOPES = ("global", "per_layer")
 INITS = ("kaiming_uniform", "zeros")
 DEVICES = ("auto", "cpu", "cuda")
@@ -135,7 +137,8 @@ class DiffusionRunConfig:
     # stage 2: trimming
     trim_ratio: float = 0.005
     trim_modules: tuple[str, ...] = ("attn1_up",)  # presets (attn1_up | attn2 | attn | all) or regexes
-    threshold_scope: str = "trimmed"  # rank scores within the trimmed modules (reference SD code) | all
+    # all: one threshold over every UNet parameter (reference SD code) | trimmed: rank within trim_modules only
+    threshold_scope: str = "all"
     init: str = "kaiming_uniform"
     # stage 3: repair
     repair: str = "anchor"  # anchor: L_r + lambda * L_u | ascent: L_r - lambda * L_f

@@ -33,30 +33,35 @@ def build_class_unet(recipe: GeneratorRecipe, image_size: int, channels: int, nu
     )
 
 
-def _up_blocks_with_attention(names: list[str]) -> list[str]:
-    seen: list[str] = []
+def _last_up_attention(names: list[str]) -> dict[int, int]:
+    """Up-block index -> index of its last attention module (only blocks that have one)."""
+    last: dict[int, int] = {}
     for n in names:
-        m = re.match(r"^up_blocks\.(\d+)\.attentions\.", n)
-        if m and m.group(1) not in seen:
-            seen.append(m.group(1))
-    return sorted(seen, key=int)
+        m = re.match(r"^up_blocks\.(\d+)\.attentions\.(\d+)\.", n)
+        if m:
+            block, index = int(m.group(1)), int(m.group(2))
+            last[block] = max(index, last.get(block, 0))
+    return last
 
 
 def preset_patterns(preset: str, names: list[str]) -> list[str]:
     """Regexes on parameter names for one preset.
 
-    attn1_up: self-attention of the first two up-blocks that contain attention (the
-      reference's diffusion default). UNet2DModel's attention blocks are self-attention;
-      in a UNet2DConditionModel they are the ``attn1`` layers of the transformer blocks.
+    attn1_up: the reference's diffusion default: self-attention of ``attentions.1`` (the
+      second attention module) of the first two up-blocks that contain attention; in SD
+      v1 these are up_blocks 1 and 2 (CompVis output_blocks 4 and 7). An up-block with a
+      single attention module falls back to that one (``attentions.0``). In a
+      UNet2DConditionModel only the ``attn1`` layers (not attn2, norms or feed-forward);
+      UNet2DModel's attention modules are self-attention: their to_q/k/v/out layers.
     attn2:   every cross-attention layer (an earlier version of the reference).
     attn:    every attention layer (self and cross) anywhere in the UNet.
     all:     every parameter (only conv / linear entries are re-initialised).
     """
     cross = any(".attn2." in n for n in names)
     if preset == "attn1_up":
-        blocks = _up_blocks_with_attention(names)[:2]
+        last = _last_up_attention(names)
         inner = r"\..*\.attn1\." if cross else r"\.(to_q|to_k|to_v|to_out)"
-        return [rf"^up_blocks\.{b}\.attentions\.\d+{inner}" for b in blocks]
+        return [rf"^up_blocks\.{b}\.attentions\.{min(1, last[b])}{inner}" for b in sorted(last)[:2]]
     if preset == "attn2":
         return [r"\.attn2\."]
     if preset == "attn":

@@ -1,10 +1,12 @@
 """Scissorhands for classifiers (Wu & Harandi, ECCV 2024), as ../shared/docs/scissorhands.md says.
 
-1. score: G = sum over forget batches of |dL_f/dtheta|; s = |theta * G| (SNIP sensitivity)
-2. trim: one global threshold over all parameters; re-initialise the top trim_ratio share
-   of eligible entries from the layer's init distribution
-3. repair: SGD on L_r - lambda * L_f, GEM-projecting the gradient on the projected set S
-   against r = grad(-L_f) of a frozen copy taken at the start of every epoch.
+1. score (train mode, as the reference): G = sum over forget batches of |dL_f/dtheta|;
+   s = |theta * G| (SNIP sensitivity)
+2. trim: the reference's global cut over all parameters (k-th smallest score, guard);
+   re-initialise the selected entries of eligible layers from the layer's init distribution
+3. repair: SGD on L_r - lambda * L_f; on steps that pair a retain with a forget batch, GEM-project
+   the gradient on the projected set S against r = grad(-L_f) of a frozen eval-mode copy taken
+   at the start of every epoch. Retain-only steps (D_f ran out) are plain SGD, as there.
 All tensor math goes through ``kernels``.
 """
 from __future__ import annotations
@@ -63,16 +65,22 @@ def _forget_loss_grad(model, xf, yf, params, natural, generator) -> list[torch.T
     return list(torch.autograd.grad(loss, params))
 
 
+def _forget_batch(n: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """The first batch of a freshly shuffled forget loader (the reference's next(iter(loader)))."""
+    return torch.randperm(n, generator=generator)[:batch_size]
+
+
 def sensitivity(
     model: nn.Module, data: UnlearnData, cfg: ScissorhandsConfig, generator: torch.Generator, backend: str | None
 ) -> list[torch.Tensor]:
-    """Stage 1: G = sum over score batches of |dL_f/dtheta| (eval mode: BN statistics stay untouched)."""
-    model.eval()
+    """Stage 1: G = sum over score batches of |dL_f/dtheta|. Train mode as in the reference:
+    batch statistics, and BN running statistics see the forget batches."""
+    model.train()
     xf, yf = data.x_forget, data.y_forget
     params = list(model.parameters())
     grad_sums = [torch.zeros_like(p) for p in params]
     for _ in range(cfg.score_batches):
-        idx = torch.randint(0, len(yf), (min(cfg.score_batch_size, len(yf)),), generator=generator)
+        idx = _forget_batch(len(yf), cfg.score_batch_size, generator)
         grads = _forget_loss_grad(model, xf[idx], yf[idx], params, data.dataset.natural_images, generator)
         kernels.accumulate_abs_grad_(grad_sums, grads, backend=backend)
     return grad_sums
@@ -88,12 +96,10 @@ def trim(
 ) -> tuple[kernels.Threshold, int]:
     """Stage 2: one global threshold over ALL parameters, applied to eligible ones only."""
     params = list(model.parameters())
-    total = sum(p.numel() for p in params)
-    n_select = total - math.floor((1.0 - cfg.trim_ratio) * total)
     trim_names = {n for n, _ in matching(model, cfg.trim_layers or default_patterns(late_layers))}
     inits = init_specs(model, trim_names, cfg.init)
     with torch.no_grad():
-        threshold = kernels.select_threshold(params, grad_sums, n_select, backend=backend)
+        threshold = kernels.snip_threshold(params, grad_sums, cfg.trim_ratio, backend=backend)
         trimmed = kernels.masked_reinit_(params, grad_sums, threshold, inits, generator, backend=backend)
     return threshold, trimmed
 
@@ -124,11 +130,11 @@ def scissorhands(
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     history = []
     for epoch in range(cfg.epochs):
-        frozen = copy.deepcopy(model).train()
+        frozen = copy.deepcopy(model).eval()  # the reference takes r in eval mode (running statistics)
         frozen_projected = [p for p, q in zip(frozen.parameters(), params) if id(q) in projected_ids]
         ref = [torch.zeros_like(p) for p in projected]
         for _ in range(cfg.memory_batches):
-            idx = torch.randint(0, len(yf), (min(cfg.batch_size, len(yf)),), generator=generator)
+            idx = _forget_batch(len(yf), cfg.batch_size, generator)
             g = _forget_loss_grad(frozen, xf[idx], yf[idx], frozen_projected, natural, generator)
             torch._foreach_add_(ref, [-t for t in g])  # r = grad of (-L_f)
         del frozen
@@ -153,7 +159,9 @@ def scissorhands(
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if step % cfg.project_every == 0:
+            # Only paired steps project (the reference): retain-only steps must not be pushed
+            # along the forget-ascent direction r.
+            if forget is not None and step % cfg.project_every == 0:
                 grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in projected]
                 coef = kernels.project_(
                     grads, ref, cfg.projection_strength, cfg.projection_eps, cfg.projection_scope, backend=backend

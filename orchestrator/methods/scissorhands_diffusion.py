@@ -2,10 +2,10 @@
 
 1. score: G = sum over ``score_batches`` forget batches of |dL_f/dtheta|, with L_f the
    noise-prediction MSE on forget samples under the forget condition; s = |theta * G|.
-2. trim: one global threshold (over the trimmed modules, as the reference's SD code
-   scores only them, or over the whole UNet) re-initialises the top ``trim_ratio`` share
-   of conv / linear entries in the selected modules (default: self-attention of two
-   up-blocks).
+2. trim: one threshold, the top ``trim_ratio`` share of the scores of the whole UNet (as
+   the reference's SD code; ``threshold_scope="trimmed"``: of the trimmed modules only),
+   re-initialises the conv / linear entries above it in the selected modules only
+   (default: self-attention of ``attentions.1`` of two up-blocks).
 3. repair with Adam, each step pairing a retain batch with a forget batch drawn from
    freshly shuffled passes over both sets (not the reference's one reused batch):
      anchor: L_r + lambda * L_u, L_u = MSE(eps(x_t, c_forget, t), stopgrad eps(x_t, c_anchor, t))

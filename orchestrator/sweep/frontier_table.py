@@ -9,7 +9,7 @@ import pandas as pd
 from orchestrator.errors import UserError
 from orchestrator.sweep.results import ResultsTable
 
-SHOWN_METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "RTE_s")
+SHOWN_METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "RTE_s", "improvement", "improves_on_original", "tied")
 
 
 def load_results(storage: Path, name: str) -> tuple[pd.DataFrame, dict]:

@@ -1,15 +1,21 @@
-"""`scissorhands pick`: choose a trial by rule and register its model under an alias."""
+"""`scissorhands pick`: choose a trial by rule, validate it on seeds the search never saw, and
+register its model; the alias goes only to a pick that beats doing nothing on those seeds."""
 from __future__ import annotations
 
+import math
 import operator
 import re
 from pathlib import Path
 
-from orchestrator.errors import UserError
+from orchestrator.errors import DivergenceError, UserError
+from orchestrator.stats import Summary, interval_text, paired_improvement, summarize
 from orchestrator.sweep.frontier_table import load_results
+from orchestrator.sweep.spec import CLASSIFICATION_METRICS, DIFFUSION_METRICS, SweepSpec
 from orchestrator.sweep.tracking import default_tracking_uri
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+SIDE_BY_SIDE = ("UA", "RA", "TA", "MIA", "avg_gap", "avg_gap_original")
+METRICS = tuple(dict.fromkeys((*CLASSIFICATION_METRICS, *DIFFUSION_METRICS)))
 
 
 def parse_rule(rule: str) -> tuple[str, str]:
@@ -28,11 +34,8 @@ def _column(df, metric: str, flag: str) -> str:
     raise UserError(f"{flag}: unknown metric {metric!r}; allowed: {', '.join(allowed)}")
 
 
-def pick(storage: Path, name: str, rule: str, where: list[str], *, alias: str = "champion",
-         model_name: str | None = None, tracking_uri: str | None = None, frontier_only: bool = False) -> dict:
-    from mlflow.tracking import MlflowClient
-
-    df, _ = load_results(storage, name)
+def choose(df, rule: str, where: list[str], frontier_only: bool):
+    """The completed trial that is best by ``rule`` among those meeting every ``where``."""
     direction, metric = parse_rule(rule)
     df = df[df.get("status") == "ok"] if "status" in df else df.iloc[0:0]
     col = _column(df, metric, "--rule")
@@ -44,20 +47,132 @@ def pick(storage: Path, name: str, rule: str, where: list[str], *, alias: str = 
     if frontier_only:
         df = df[df["pareto"].fillna(False).astype(bool)]
     if df.empty:
-        raise UserError(f"no completed trial of sweep {name!r} satisfies {' and '.join(where) or 'the rule'}")
-    best = df.sort_values(col, ascending=direction == "min").iloc[0]
+        raise UserError(f"no completed trial satisfies {' and '.join(where) or 'the rule'}")
+    return df.sort_values(col, ascending=direction == "min").iloc[0], col
+
+
+def searched_config(spec, row) -> dict:
+    """The trial's searched knobs, typed as the search space says (Parquet keeps ints as floats)."""
+    out = {}
+    for key, dist in spec.search.items():
+        value = row[f"config.{key}"]
+        out[key] = int(value) if dist.type == "int" else (float(value) if dist.type != "choice" else value)
+    return out
+
+
+def held_out_seeds(search_seeds: list[int], count: int) -> list[int]:
+    first = max(search_seeds) + 1
+    return list(range(first, first + count))
+
+
+def validate(spec, searched: dict, seeds: list[int], cache_dir: Path, progress: bool) -> dict:
+    """Re-run the configuration on ``seeds`` (new forget sets, new references, new unlearning
+    randomness). A seed that diverges counts as a failure of the pick."""
+    from tqdm.auto import tqdm
+
+    from orchestrator.sweep.seed_runs import run_seed
+
+    per_seed, diverged = [], []
+    for seed in tqdm(seeds, desc="validate on held-out seeds", unit="seed", disable=not progress):
+        try:
+            per_seed.append(run_seed(spec, searched, seed, cache_dir, build=True, progress=progress).metrics)
+        except DivergenceError as exc:
+            diverged.append({"seed": seed, "error": str(exc)})
+    out: dict = {"seeds": seeds, "diverged": diverged}
+    keys = per_seed[0] if per_seed else {}
+    out["metrics"] = {k: summarize(m[k] for m in per_seed).as_dict() for k in keys}
+    for key in ("avg_gap", "avg_gap_original"):
+        if key in out["metrics"]:
+            out[key] = _interval(out["metrics"][key])
+    if "avg_gap" in keys:
+        s, better = paired_improvement([m["avg_gap_original"] for m in per_seed], [m["avg_gap"] for m in per_seed])
+        out["improvement"] = _interval(s.as_dict())
+        out["improves_on_original"] = better and not diverged
+    return out
+
+
+def _interval(s: dict) -> dict:
+    return {"mean": s["mean"], "ci95_low": s["ci95_low"], "ci95_high": s["ci95_high"]}
+
+
+def _search_summary(row, key: str) -> Summary:
+    mean, half = float(row[key]), float(row.get(f"{key}_ci95", math.nan))
+    n = int(row.get(f"{key}_n", 0) or 0)
+    return Summary(mean, float(row.get(f"{key}_std", math.nan)), float(row.get(f"{key}_se", math.nan)), n,
+                   mean - half, mean + half)
+
+
+def side_by_side(row, validation: dict | None) -> str:
+    """Search vs validated means with 95% intervals, one metric a line."""
+    lines = [f"{'metric':<18} {'search seeds':<28} {'held-out seeds':<28}"]
+    for key in SIDE_BY_SIDE:
+        if key not in row:
+            continue
+        held = validation["metrics"].get(key) if validation else None
+        held_text = interval_text(Summary(**held)) if held else "-"
+        lines.append(f"{key:<18} {interval_text(_search_summary(row, key)):<28} {held_text:<28}")
+    if "improvement" in row:
+        search = f"{row['improvement']:.3f} [{row['improvement_ci95_low']:.3f}, {row['improvement_ci95_high']:.3f}]"
+        held = validation.get("improvement") if validation else None
+        held_text = f"{held['mean']:.3f} [{held['ci95_low']:.3f}, {held['ci95_high']:.3f}]" if held else "-"
+        lines.append(f"{'improvement':<18} {search:<28} {held_text:<28}")
+    return "\n".join(lines)
+
+
+def pick(storage: Path, name: str, rule: str, where: list[str], *, alias: str = "champion",
+         model_name: str | None = None, tracking_uri: str | None = None, frontier_only: bool = False,
+         validate_seeds: int = 5, progress: bool = True) -> tuple[dict, str]:
+    """Returns the pick (the ``--json`` contract) and a search-vs-validation table."""
+    from mlflow.tracking import MlflowClient
+
+    if validate_seeds < 0:
+        raise UserError(f"--validate-seeds {validate_seeds}: must be >= 0 (0 skips validation)")
+    df, spec_dict = load_results(storage, name)
+    best, col = choose(df, rule, where, frontier_only)
+    spec = SweepSpec.model_validate(spec_dict)
+    searched = searched_config(spec, best)
+    validation = None
+    if validate_seeds:
+        seeds = held_out_seeds(spec.seeds, validate_seeds)
+        validation = validate(spec, searched, seeds, Path(storage) / name / "references", progress)
 
     uri = tracking_uri or default_tracking_uri(Path(storage))
     client = MlflowClient(uri)
+    run_id = best["mlflow_run_id"]
+    run = client.get_run(run_id)
+    if validation:
+        for key, s in validation["metrics"].items():
+            for stat in ("mean", "ci95_low", "ci95_high"):
+                if math.isfinite(s[stat]):
+                    client.log_metric(run_id, f"validation.{key}.{stat}", s[stat])
+        if "improvement" in validation:
+            client.log_metric(run_id, "validation.improves_on_original", float(validation["improves_on_original"]))
+        client.set_tag(run_id, "validation.seeds", ",".join(map(str, validation["seeds"])))
+
     registered = model_name or name
     if not client.search_registered_models(f"name = '{registered}'"):
         client.create_registered_model(registered)
-    run = client.get_run(best["mlflow_run_id"])
-    version = client.create_model_version(registered, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
-    client.set_registered_model_alias(registered, alias, version.version)
+    tags = {"selection_rule": rule + "".join(f" where {w}" for w in where) + (" frontier-only" if frontier_only else ""),
+            "trial_id": str(best["trial_id"]), "search_seeds": ",".join(map(str, spec.seeds)),
+            "forget_digest": run.data.tags.get("forget_digest", "")}
+    if validation:
+        tags["validation_seeds"] = ",".join(map(str, validation["seeds"]))
+        for key in ("avg_gap", "avg_gap_original", "improvement"):
+            if key in validation:
+                v = validation[key]
+                tags[f"validated_{key}"] = f"{v['mean']:.4f} [{v['ci95_low']:.4f}, {v['ci95_high']:.4f}]"
+        if "improves_on_original" in validation:
+            tags["improves_on_original"] = str(validation["improves_on_original"]).lower()
+    version = client.create_model_version(registered, f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags)
+    # The alias is what users deploy: it goes only to a pick that held up on unseen seeds.
+    endorsed = validation is None or validation.get("improves_on_original", True)
+    if endorsed:
+        client.set_registered_model_alias(registered, alias, version.version)
+    search = {k: float(best[k]) for k in (*METRICS, "avg_gap_original", "improvement") if k in best.index}
     return {
-        "trial_id": best["trial_id"], "run_id": best["mlflow_run_id"], "rule": rule, "where": where,
-        col: float(best[col]), "pareto": bool(best.get("pareto", False)),
-        "registered_model": registered, "version": int(version.version), "alias": alias,
-        "uri": f"models:/{registered}@{alias}", "tracking_uri": uri,
-    }
+        "trial_id": str(best["trial_id"]), "config": searched, "search": search, "validation": validation,
+        "model_uri": f"models:/{registered}@{alias}" if endorsed else f"models:/{registered}/{version.version}",
+        "run_id": run_id, "rule": rule, "where": where, col: float(best[col]),
+        "pareto": bool(best.get("pareto", False)), "registered_model": registered, "version": int(version.version),
+        "alias": alias if endorsed else None, "tracking_uri": uri,
+    }, side_by_side(best, validation)

@@ -23,14 +23,16 @@ import numpy as np
 
 from orchestrator.errors import DivergenceError, UserError
 from orchestrator.evaluation import CORE_METRICS
+from orchestrator.stats import PAIRED_KEYS, STAT_SUFFIXES, aggregate, summarize
 from orchestrator.storage import atomic_write_json
 from orchestrator.sweep.frontier import hypervolume, pareto_mask, plot_frontier
 from orchestrator.sweep.results import ResultsTable
 from orchestrator.sweep import tracking
+from orchestrator.sweep.seed_runs import run_seed, trial_metrics
 from orchestrator.sweep.spec import CLASSIFICATION_METRICS, DIFFUSION_METRICS, SweepSpec
 from ray.tune import Callback
 
-METRIC_KEYS = set(CLASSIFICATION_METRICS) | set(DIFFUSION_METRICS)
+METRIC_KEYS = set(CLASSIFICATION_METRICS) | set(DIFFUSION_METRICS) | {"avg_gap_original"}
 REPORTED_EXTRA = {"status", "error", "mlflow_run_id", "node_ip", "node_id"}
 
 PENALTY = 1e6  # objective value of a failed (diverged / pruned) trial: the worst the searcher can see
@@ -74,43 +76,12 @@ class TrialContext:
 
 
 # ----------------------------------------------------------------------------- trial
-def trial_metrics(report: dict) -> dict[str, float]:
-    """Flat metrics of one seed's run: the contract's values plus gaps to retrain."""
-    u, rt = report["unlearned"], report["retrain"]
-    m = {k: float(u[k]) for k in (*CORE_METRICS, "RTE_s")}
-    m["avg_gap"] = float(report["avg_gap"])
-    for k in CORE_METRICS:
-        m[f"gap_{k}"] = abs(u[k] - rt[k])
-    m["forget_gap"] = (m["gap_UA"] + m["gap_MIA"]) / 2
-    m["retain_gap"] = (m["gap_RA"] + m["gap_TA"]) / 2
-    return m
-
-
-def diffusion_metrics(report: dict) -> dict[str, float]:
-    u, rt = report["unlearned"], report["retrain"]
-    m = {k: float(u[k]) for k in ("forget_acc", "retained_acc", "fid", "RTE_s")}
-    for k in ("forget_acc", "retained_acc", "fid"):
-        m[f"gap_{k}"] = abs(u[k] - rt[k])
-    return m
-
-
-def aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
-    out = {}
-    for key in per_seed[0]:
-        values = np.array([m[key] for m in per_seed], dtype=float)
-        out[key] = float(values.mean())
-        out[f"{key}_std"] = float(values.std())
-    return out
-
-
 def run_trial(searched: dict, ctx: TrialContext) -> dict:
     """One sweep trial: the same run_unlearning as `scissorhands unlearn`, once per seed."""
     from mlflow.tracking import MlflowClient
     from ray import tune
 
-    from orchestrator.references import get_references
     from orchestrator.training import set_threads
-    from orchestrator.trial import prepare, run_unlearning
 
     set_threads()
     spec = SweepSpec.model_validate(ctx.spec)
@@ -121,9 +92,8 @@ def run_trial(searched: dict, ctx: TrialContext) -> dict:
         client.log_param(run_id, key, value)
     client.log_param(run_id, "seeds", ",".join(map(str, spec.seeds)))
     try:
-        per_seed, first_model, artifacts = [], None, []
+        runs = []
         for seed in spec.seeds:
-            cfg = spec.run_config(searched, seed)
 
             def on_epoch(record: dict, seed=seed) -> None:
                 for key, value in record.items():
@@ -134,24 +104,15 @@ def run_trial(searched: dict, ctx: TrialContext) -> dict:
                 if value is not None and record["epoch"] >= rule.after_epoch and value < rule.min_value:
                     raise Pruned(f"pruned: {rule.metric} {value:.1f} < {rule.min_value} at epoch {record['epoch']}")
 
-            if spec.task == "diffusion":
-                from orchestrator.diffusion.run import run_diffusion_unlearning
-
-                result = run_diffusion_unlearning(cfg, Path(ctx.cache_dir), progress=False, on_epoch=on_epoch,
-                                                  artifact_dir=Path(ctx.cache_dir) / "trials" / trial_id / str(seed))
-                per_seed.append(diffusion_metrics(result.report))
-                artifacts += result.extras.get("artifacts", [])
-            else:
-                data = prepare(cfg)
-                refs = get_references(cfg, data, Path(ctx.cache_dir), progress=False, build=False)
-                result = run_unlearning(cfg, Path(ctx.cache_dir), data=data, references=refs, progress=False,
-                                        on_epoch=on_epoch)
-                per_seed.append(trial_metrics(result.report))
-            first_model = first_model or result.model
-        metrics = aggregate(per_seed)
+            runs.append(run_seed(spec, searched, seed, Path(ctx.cache_dir), build=False, on_epoch=on_epoch,
+                                 artifact_dir=Path(ctx.cache_dir) / "trials" / trial_id / str(seed)))
+            client.set_tag(run_id, f"forget_digest.seed{seed}", runs[-1].forget_digest)
+        # The logged model is the first seed's: its forget set is the one tagged forget_digest.
+        client.set_tag(run_id, "forget_digest", runs[0].forget_digest)
+        metrics = aggregate([r.metrics for r in runs])
         client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
-        tracking.log_model(client, run_id, first_model)
-        for path in artifacts:
+        tracking.log_model(client, run_id, runs[0].model)
+        for path in (p for r in runs for p in r.artifacts):
             client.log_artifact(run_id, path, "samples")
         client.set_terminated(run_id, "FINISHED")
         return {**metrics, "status": "ok", "error": "", "mlflow_run_id": run_id, **_node()}
@@ -176,7 +137,7 @@ def _node() -> dict[str, str]:
 def _metric(key: str, value: float):
     from mlflow.entities import Metric
 
-    return Metric(key, value, int(time.time() * 1000), 0)
+    return Metric(key, float(value), int(time.time() * 1000), 0)
 
 
 def _trainable(config: dict, ctx: TrialContext) -> None:
@@ -210,13 +171,20 @@ class ResultsCallback(Callback):
         # A failed or pruned trial reports PENALTY to the searcher only: its table row has no metrics.
         measured = result.get("status") == "ok"
         for key, value in result.items():
-            if key in REPORTED_EXTRA or (measured and key.removesuffix("_std") in METRIC_KEYS):
+            if key in REPORTED_EXTRA or (measured and (_base_metric(key) in METRIC_KEYS or key in PAIRED_KEYS)):
                 row[key] = value
         if error is not None:
             row.update({"status": "error", "error": error})
         table = ResultsTable(self.results_path)
         table.upsert([row])
         refresh_pareto(self.spec, table)
+
+
+def _base_metric(key: str) -> str:
+    for suffix in STAT_SUFFIXES:
+        if key.endswith(suffix):
+            return key.removesuffix(suffix)
+    return key
 
 
 def _error_text(trial) -> str:
@@ -228,19 +196,30 @@ def _error_text(trial) -> str:
 
 
 def refresh_pareto(spec: SweepSpec, table: ResultsTable) -> np.ndarray:
+    """Pareto flags on the seed means, and ``tied``: a trial off the frontier whose 95% intervals
+    overlap a frontier member's in every objective is not distinguishable from it."""
     df = table.read()
     if df.empty:
         return np.zeros(0, dtype=bool)
     ok = (df["status"] == "ok").to_numpy() if "status" in df else np.zeros(len(df), bool)
-    cols = [o.metric for o in spec.objectives]
-    values = np.full((len(df), len(cols)), np.nan)
-    for j, c in enumerate(cols):
-        if c in df:
-            values[:, j] = df[c].to_numpy(dtype=float)
+    values, half = (_columns(df, [f"{o.metric}{suffix}" for o in spec.objectives]) for suffix in ("", "_ci95"))
     values[~ok] = np.nan
     mask = pareto_mask(values, [o.direction for o in spec.objectives])
+    half = np.nan_to_num(half, nan=0.0)
+    overlap = np.abs(values[:, None, :] - values[None, mask, :]) <= half[:, None, :] + half[None, mask, :]
+    tied = ok & ~mask & overlap.all(axis=2).any(axis=1)
     table.set_column("pareto", dict(zip(df["trial_id"], map(bool, mask))))
+    table.set_column("tied", dict(zip(df["trial_id"], map(bool, tied))))
     return mask
+
+
+def _columns(df, names: list[str]) -> np.ndarray:
+    """Float matrix of the named columns; a missing column is all NaN."""
+    out = np.full((len(df), len(names)), np.nan)
+    for j, c in enumerate(names):
+        if c in df:
+            out[:, j] = df[c].to_numpy(dtype=float)
+    return out
 
 
 def build_references(spec: SweepSpec, cache_dir: Path, progress: bool) -> dict[int, dict]:
@@ -264,38 +243,37 @@ def build_references(spec: SweepSpec, cache_dir: Path, progress: bool) -> dict[i
     return out
 
 
-def reference_point(spec: SweepSpec, refs: dict[int, dict], observed: np.ndarray) -> list[float]:
+GAP_METRICS = ("avg_gap", "forget_gap", "retain_gap", *(f"gap_{k}" for k in CORE_METRICS))
+
+
+def reference_point(spec: SweepSpec, markers: dict[str, dict[str, float]], observed: np.ndarray) -> list[float]:
     """Hypervolume reference: each objective as the retrain model scores it; for a gap metric
     (0 for retrain by definition) the original model's gap instead; for a metric the
     references do not have (RTE_s) the worst value observed in the sweep."""
     point = []
-    for obj in (spec.objectives if refs else []):
-        per_seed = []
-        for r in refs.values():
-            m = {**{k: r["retrain"][k] for k in CORE_METRICS}}
-            gaps = {f"gap_{k}": abs(r["original"][k] - r["retrain"][k]) for k in CORE_METRICS}
-            gaps["forget_gap"] = (gaps["gap_UA"] + gaps["gap_MIA"]) / 2
-            gaps["retain_gap"] = (gaps["gap_RA"] + gaps["gap_TA"]) / 2
-            gaps["avg_gap"] = float(np.mean([gaps[f"gap_{k}"] for k in CORE_METRICS]))
-            per_seed.append(m.get(obj.metric, gaps.get(obj.metric, math.nan)))
-        point.append(float(np.mean(per_seed)))
-    point = point or [math.nan] * len(spec.objectives)
     for j, obj in enumerate(spec.objectives):
-        if math.isnan(point[j]):
-            point[j] = float(np.nanmax(observed[:, j]) if obj.direction == "min" else np.nanmin(observed[:, j]))
+        role = "original" if obj.metric in GAP_METRICS else "retrain"
+        value = markers.get(role, {}).get(obj.metric, math.nan)
+        if math.isnan(value):
+            value = float(np.nanmax(observed[:, j]) if obj.direction == "min" else np.nanmin(observed[:, j]))
+        point.append(value)
     return point
 
 
-def _markers(spec: SweepSpec, refs: dict[int, dict]) -> dict[str, dict[str, float]]:
-    """Original and retrain as points in objective space (gap metrics: retrain is 0)."""
+def _markers(refs: dict[int, dict]) -> dict[str, dict[str, float]]:
+    """Original and retrain as points in objective space (gap metrics: retrain is 0): the mean
+    over seeds, and ``<metric>_ci95`` their seed spread."""
     out = {}
     for role in ("original", "retrain") if refs else ():
         rows = []
         for r in refs.values():
-            fake = {"unlearned": {**r[role], "RTE_s": math.nan}, "retrain": r["retrain"],
-                    "avg_gap": float(np.mean([abs(r[role][k] - r["retrain"][k]) for k in CORE_METRICS]))}
-            rows.append(trial_metrics(fake))
-        out[role] = {k: float(np.mean([m[k] for m in rows])) for k in rows[0]}
+            gap = float(np.mean([abs(r[role][k] - r["retrain"][k]) for k in CORE_METRICS]))
+            rows.append(trial_metrics({"unlearned": {**r[role], "RTE_s": math.nan}, "retrain": r["retrain"],
+                                       "avg_gap": gap, "avg_gap_original": gap}))
+        out[role] = {}
+        for key in rows[0]:
+            s = summarize(m[key] for m in rows)
+            out[role].update({key: s.mean, f"{key}_ci95": s.ci95})
     return out
 
 
@@ -314,12 +292,13 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
         cols = [o.metric for o in spec.objectives]
         front = df.loc[mask, cols].to_numpy(dtype=float)
         ok_mask = (df["status"] == "ok").to_numpy()
-        ref_point = reference_point(spec, refs, df.loc[ok_mask, cols].to_numpy(dtype=float))
+        markers = _markers(refs)
+        ref_point = reference_point(spec, markers, df.loc[ok_mask, cols].to_numpy(dtype=float))
         summary["hypervolume"] = hypervolume(front, [o.direction for o in spec.objectives], ref_point)
         summary["hypervolume_reference_point"] = ref_point
         ok = df[ok_mask]
         plotted = plot_frontier(df, [(o.metric, o.direction) for o in spec.objectives], paths.plot,
-                                markers=_markers(spec, refs) or None)
+                                markers=markers or None)
         summary["plots"] = [str(p) for p in plotted]
         for p in plotted:
             client.log_artifact(parent_run_id, str(p))

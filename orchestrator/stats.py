@@ -1,0 +1,79 @@
+"""Seed statistics: a result is a mean over seeds with its spread, and a comparison with doing
+nothing is paired on the same seeds (../shared/docs/metrics.md, "Statistics")."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+from scipy import stats
+
+STAT_SUFFIXES = ("_std", "_se", "_n", "_ci95")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean over seeds, sample std, standard error, n and the 95% t-interval (NaN below n = 2)."""
+
+    mean: float
+    std: float
+    se: float
+    n: int
+    ci95_low: float
+    ci95_high: float
+
+    @property
+    def ci95(self) -> float:
+        """Half-width of the 95% interval."""
+        return self.mean - self.ci95_low
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(values: Iterable[float]) -> Summary:
+    """Undefined values (NaN, e.g. an MIA whose feature was constant) are left out of n."""
+    v = np.asarray(list(values), dtype=float)
+    v = v[np.isfinite(v)]
+    n = len(v)
+    if n == 0:
+        return Summary(math.nan, math.nan, math.nan, 0, math.nan, math.nan)
+    mean = float(v.mean())
+    if n < 2:
+        return Summary(mean, math.nan, math.nan, n, math.nan, math.nan)
+    std = float(v.std(ddof=1))
+    se = std / math.sqrt(n)
+    half = float(stats.t.ppf(0.975, n - 1)) * se
+    return Summary(mean, std, se, n, mean - half, mean + half)
+
+
+def paired_improvement(baseline: Iterable[float], treated: Iterable[float]) -> tuple[Summary, bool]:
+    """Mean of (baseline - treated) per seed with its 95% interval; an improvement (lower is
+    better) counts only when the whole interval lies above zero."""
+    diff = np.asarray(list(baseline), dtype=float) - np.asarray(list(treated), dtype=float)
+    s = summarize(diff)
+    return s, bool(s.ci95_low > 0)
+
+
+def aggregate(per_seed: list[Mapping[str, float]]) -> dict[str, float]:
+    """Flat columns for every metric: ``m`` (mean), ``m_std``, ``m_se``, ``m_n``, ``m_ci95``;
+    with ``avg_gap`` and ``avg_gap_original`` also the paired improvement over doing nothing."""
+    out: dict[str, float] = {}
+    for key in per_seed[0]:
+        s = summarize(m[key] for m in per_seed)
+        out.update({key: s.mean, f"{key}_std": s.std, f"{key}_se": s.se, f"{key}_n": s.n, f"{key}_ci95": s.ci95})
+    if "avg_gap" in out and "avg_gap_original" in out:
+        s, better = paired_improvement([m["avg_gap_original"] for m in per_seed], [m["avg_gap"] for m in per_seed])
+        out.update({"improvement": s.mean, "improvement_ci95_low": s.ci95_low,
+                    "improvement_ci95_high": s.ci95_high, "improves_on_original": better})
+    return out
+
+
+PAIRED_KEYS = ("improvement", "improvement_ci95_low", "improvement_ci95_high", "improves_on_original")
+
+
+def interval_text(s: Summary, digits: int = 3) -> str:
+    if s.n < 2:
+        return f"{s.mean:.{digits}f} (n={s.n})"
+    return f"{s.mean:.{digits}f} [{s.ci95_low:.{digits}f}, {s.ci95_high:.{digits}f}]"
