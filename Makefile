@@ -9,7 +9,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test sweep clean
+.PHONY: install test test-1thread sweep clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# The end-to-end tests with one torch thread (another reduction order, as on another CPU).
+test-1thread: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests/test_end_to_end.py
 
 sweep: $(STAMP)
 	$(VENV)/bin/scissorhands sweep $(SPACE)

@@ -40,8 +40,9 @@ def main() -> None:
     build_log = work / "builds.log"
     os.environ["SCISSORHANDS_BUILD_LOG"] = str(build_log)
     # No early stopping: a pruned trial would be short in the sweep and full-length in-process.
+    # One seed, so a trial and its in-process replay do the same work.
     spec = load_spec(args.space).model_copy(update={"trials": args.trials, "max_concurrent": 1,
-                                                    "early_stopping": None})
+                                                    "early_stopping": None, "seeds": [0]})
     spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"cpu": 1})})
 
     summary = run_sweep(spec, storage=work / "runs", progress=False)

@@ -40,6 +40,10 @@ class ScissorhandsConfig:
     trim_layers: tuple[str, ...] = ()  # regexes on parameter names; () = the model's late layers
     project_layers: tuple[str, ...] = ()  # regexes; () = the model's late layers (BatchNorm included)
     init: str = "kaiming_uniform"  # kaiming_uniform | zeros
+    # BatchNorm mode of the model while scoring, and of the frozen copy that gives r. The
+    # reference scores in train mode and takes r in eval mode (running statistics).
+    score_bn_mode: str = "train"  # train | eval
+    memory_bn_mode: str = "eval"  # eval | train
 
     def validate(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -62,9 +66,13 @@ class ScissorhandsConfig:
         )
         need(self.projection_eps > 0, f"--projection-eps {self.projection_eps}: must be > 0")
         need(self.init in INITS, f"--init {self.init!r}: allowed {', '.join(INITS)}")
+        for name in ("score_bn_mode", "memory_bn_mode"):
+            value = getattr(self, name)
+            need(value in BN_MODES, f"--{name.replace('_', '-')} {value!r}: allowed {', '.join(BN_MODES)}")
 
 
 INITS = ("kaiming_uniform", "zeros")
+BN_MODES = ("train", "eval")
 
 # The public reference implementation's values (CIFAR-10, ResNet-18, random 10%).
 REFERENCE = ScissorhandsConfig()

@@ -54,6 +54,7 @@ objectives:
   - {{metric: gap_UA, direction: min}}
   - {{metric: RA, direction: max}}
 trials: {trials}
+seeds: [0]
 resources: {{cpu: 1}}
 max_concurrent: 2
 """

@@ -1,4 +1,8 @@
-"""Real training on the bundled digits, through the CLI, with the measured default knobs."""
+"""Real training on the bundled digits, through the CLI, with the measured default knobs.
+
+Assertions use margins far wider than float differences between CPUs and thread counts
+(one forget sample is 0.25 points of UA on random:0.1); `make test-1thread` runs this file
+with one torch thread to prove it."""
 import json
 
 import pytest
@@ -33,12 +37,14 @@ def test_classwise_forgetting_erases_the_class_and_keeps_the_rest(tmp_path, shar
 
 
 @pytest.mark.slow
-def test_random_forgetting_keeps_ra_and_moves_toward_retrain(tmp_path, shared_cache):
-    report = run(tmp_path, shared_cache, "random", "--forget", "random:0.1")
+def test_removing_mislabeled_samples_moves_far_toward_retrain(tmp_path, shared_cache):
+    report = run(tmp_path, shared_cache, "mislabeled", "--forget", "mislabeled:0.1")
     o, u, rt = report["original"], report["unlearned"], report["retrain"]
-    assert abs(u["RA"] - rt["RA"]) <= 3
-    assert abs(u["UA"] - rt["UA"]) < abs(o["UA"] - rt["UA"])
-    assert abs(u["MIA"] - rt["MIA"]) < abs(o["MIA"] - rt["MIA"])
+    # The original fits the wrong labels, the retrain model never saw them: a gap of many points.
+    assert report["avg_gap_original"] > 5
+    assert report["avg_gap"] < 0.6 * report["avg_gap_original"]
+    assert u["UA"] - o["UA"] > 10, "the wrong labels must be unlearned"
+    assert abs(u["RA"] - rt["RA"]) <= 3 and abs(u["TA"] - rt["TA"]) <= 3
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 """Sweeps end to end: real local Ray, real MLflow (sqlite), real Parquet, real training."""
+import json
 import os
 import signal
 import subprocess
@@ -32,15 +33,16 @@ objectives:
   - {{metric: RA, direction: max}}
   - {{metric: RTE_s, direction: min}}
 trials: {trials}
+seeds: {seeds}
 resources: {{cpu: 1}}
 max_concurrent: {concurrent}
 """
 
 
 def write_space(tmp_path, name="tiny", trials=4, concurrent=2,
-                lr="{type: loguniform, low: 0.002, high: 0.02}") -> str:
+                lr="{type: loguniform, low: 0.002, high: 0.02}", seeds="[0]") -> str:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(TINY.format(name=name, trials=trials, concurrent=concurrent, lr=lr))
+    path.write_text(TINY.format(name=name, trials=trials, concurrent=concurrent, lr=lr, seeds=seeds))
     return str(path)
 
 
@@ -69,7 +71,7 @@ def child_runs(storage, name):
 @pytest.mark.slow
 def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, capsys, monkeypatch):
     storage = tmp_path / "runs"
-    assert main(["sweep", write_space(tmp_path), "--storage", str(storage), "--no-progress"]) == 0
+    assert main(["sweep", write_space(tmp_path, seeds="[0, 1]"), "--storage", str(storage), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "on the frontier" in out and "frontier.png" in out
 
@@ -79,20 +81,30 @@ def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, ca
     values = df[[m for m, _ in objectives]].to_numpy(dtype=float)
     expected = brute_force_pareto(values, [d for _, d in objectives])
     assert df["pareto"].astype(bool).tolist() == expected.tolist()
+    # Every metric is a seed statistic, and every trial is compared with doing nothing on its seeds.
+    for m, _ in objectives:
+        assert (df[f"{m}_n"] == 2).all()
+        np.testing.assert_allclose(df[f"{m}_se"], df[f"{m}_std"] / np.sqrt(2))
+        np.testing.assert_allclose(df[f"{m}_ci95"], 12.7062 * df[f"{m}_se"], rtol=1e-4)  # t(0.975, 1)
+    assert (df["improves_on_original"] == (df["improvement_ci95_low"] > 0)).all()
+    assert not (df["tied"] & df["pareto"]).any()
 
     client, parents, children = child_runs(storage, "tiny")
     assert len(parents) == 1 and len(children) == 4
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     for child in children:
         assert child.info.status == "FINISHED"
-        assert {"UA", "RA", "TA", "MIA", "RTE_s", "avg_gap"} <= set(child.data.metrics)
+        assert {"UA", "RA", "TA", "MIA", "RTE_s", "avg_gap", "avg_gap_std", "improvement"} <= set(child.data.metrics)
         assert child.data.params["trim_ratio"] and child.data.tags["ray.node_id"]
-        history = client.get_metric_history(child.info.run_id, "loss_retain/seed0")
-        assert len(history) == 1  # one repair epoch
+        assert child.data.tags["forget_digest"] == child.data.tags["forget_digest.seed0"]
+        for seed in (0, 1):
+            history = client.get_metric_history(child.info.run_id, f"loss_retain/seed{seed}")
+            assert len(history) == 1  # one repair epoch
     by_run = {c.info.run_id: c.data.tags["pareto"] for c in children}
     for row in df.itertuples():
         assert by_run[row.mlflow_run_id] == ("true" if row.pareto else "false")
-    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {"frontier.png", "spec.yaml"}
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {"frontier.png", "frontier.html",
+                                                                                "spec.yaml"}
     assert "hypervolume" in parents[0].data.metrics or client.get_run(parents[0].info.run_id).data.metrics
 
     # The frontier table needs nothing but the stored results.
@@ -100,8 +112,9 @@ def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, ca
     table = capsys.readouterr().out
     assert all(t in table for t in df.loc[df["pareto"].astype(bool), "trial_id"])
 
-    # pick: the registered model loads and reproduces the TA its run logged.
-    assert main(["pick", "tiny", "--storage", str(storage), "--rule", "max-RA", "--where", "UA>=0"]) == 0
+    # pick without validation: the registered model loads and reproduces the TA its run logged.
+    assert main(["pick", "tiny", "--storage", str(storage), "--rule", "max-RA", "--where", "UA>=0",
+                 "--validate-seeds", "0"]) == 0
     picked_out = capsys.readouterr().out
     uri = "models:/tiny@champion"
     assert uri in picked_out
@@ -114,9 +127,41 @@ def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, ca
 
     spec = load_spec(tmp_path / "tiny.yaml")
     data = prepare(spec.run_config({"trim_ratio": best["config.trim_ratio"], "lr": best["config.lr"]}, 0))
-    assert evaluate(model, data)["TA"] == pytest.approx(float(best["TA"]), abs=1e-3)
+    per_seed_ta = evaluate(model, data)["TA"]
+    assert per_seed_ta == pytest.approx(float(best["TA"]), abs=float(best["TA_std"]) * 1.5 + 1e-3)
     assert main(["pick", "tiny", "--storage", str(storage), "--rule", "best"]) == 2
     assert "expected min-METRIC or max-METRIC" in capsys.readouterr().err
+
+    # pick with validation on 3 seeds the search never used.
+    out_json = tmp_path / "pick.json"
+    assert main(["pick", "tiny", "--storage", str(storage), "--rule", "min-avg_gap", "--validate-seeds", "3",
+                 "--alias", "validated", "--json", str(out_json), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    picked = json.loads(out_json.read_text())
+    assert set(picked) >= {"trial_id", "config", "search", "validation", "model_uri"}
+    assert set(picked["config"]) == {"trim_ratio", "lr"}
+    chosen = df.set_index("trial_id").loc[picked["trial_id"]]
+    assert picked["search"]["avg_gap"] == pytest.approx(df["avg_gap"].min()) == pytest.approx(chosen["avg_gap"])
+    v = picked["validation"]
+    assert v["seeds"] == [2, 3, 4] and not v["diverged"]
+    for key in ("avg_gap", "avg_gap_original", "improvement"):
+        assert v[key]["ci95_low"] <= v[key]["mean"] <= v[key]["ci95_high"]
+    assert v["improvement"]["mean"] == pytest.approx(v["avg_gap_original"]["mean"] - v["avg_gap"]["mean"])
+    assert v["improves_on_original"] == (v["improvement"]["ci95_low"] > 0)
+    assert "held-out seeds" in printed and "search seeds" in printed
+    version = client.get_model_version("tiny", str(picked["version"]))
+    assert version.run_id == chosen["mlflow_run_id"]
+    assert version.tags["selection_rule"] == "min-avg_gap" and version.tags["validation_seeds"] == "2,3,4"
+    assert version.tags["forget_digest"] and "validated_avg_gap" in version.tags
+    run_metrics = client.get_run(chosen["mlflow_run_id"]).data.metrics
+    assert run_metrics["validation.avg_gap.mean"] == pytest.approx(v["avg_gap"]["mean"])
+    if v["improves_on_original"]:
+        assert picked["model_uri"] == "models:/tiny@validated"
+        assert client.get_model_version_by_alias("tiny", "validated").version == version.version
+    else:
+        assert "not better than doing nothing" in printed
+        with pytest.raises(mlflow.exceptions.MlflowException):
+            client.get_model_version_by_alias("tiny", "validated")
 
 
 @pytest.mark.slow
@@ -240,6 +285,7 @@ objectives:
   - {metric: forget_acc, direction: min}
   - {metric: retained_acc, direction: max}
 trials: 4
+seeds: [0]
 resources: {cpu: 1}
 max_concurrent: 2
 """

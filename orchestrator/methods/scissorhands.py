@@ -73,9 +73,9 @@ def _forget_batch(n: int, batch_size: int, generator: torch.Generator) -> torch.
 def sensitivity(
     model: nn.Module, data: UnlearnData, cfg: ScissorhandsConfig, generator: torch.Generator, backend: str | None
 ) -> list[torch.Tensor]:
-    """Stage 1: G = sum over score batches of |dL_f/dtheta|. Train mode as in the reference:
-    batch statistics, and BN running statistics see the forget batches."""
-    model.train()
+    """Stage 1: G = sum over score batches of |dL_f/dtheta|. By default train mode as in the
+    reference: batch statistics, and BN running statistics see the forget batches."""
+    model.train(cfg.score_bn_mode == "train")
     xf, yf = data.x_forget, data.y_forget
     params = list(model.parameters())
     grad_sums = [torch.zeros_like(p) for p in params]
@@ -130,7 +130,7 @@ def scissorhands(
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     history = []
     for epoch in range(cfg.epochs):
-        frozen = copy.deepcopy(model).eval()  # the reference takes r in eval mode (running statistics)
+        frozen = copy.deepcopy(model).train(cfg.memory_bn_mode == "train")
         frozen_projected = [p for p, q in zip(frozen.parameters(), params) if id(q) in projected_ids]
         ref = [torch.zeros_like(p) for p in projected]
         for _ in range(cfg.memory_batches):

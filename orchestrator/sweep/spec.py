@@ -121,7 +121,7 @@ class SweepSpec(BaseModel):
     search: dict[str, Distribution]
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     trials: int = Field(ge=1)
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[int] = Field([0, 1, 2], min_length=1)  # a result is a mean over seeds
     resources: Resources = Resources()
     max_concurrent: int = Field(1, ge=1)
     early_stopping: EarlyStopping | None = None
