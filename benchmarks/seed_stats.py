@@ -42,7 +42,7 @@ def assignments(pairs: list[str], cls) -> dict:
         if key not in types:
             raise SystemExit(f"unknown {cls.__name__} field {key!r}; allowed: {', '.join(types)}")
         kind = str(types[key])
-        out[key] = int(value) if kind == "int" else float(value) if kind == "float" else value
+        out[key] = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true")}.get(kind, str)(value)
     return out
 
 

@@ -10,7 +10,13 @@ from pathlib import Path
 from orchestrator.config import PRESETS, RunConfig, ScissorhandsConfig, TrainRecipe, method_preset
 from orchestrator.errors import DivergenceError, UserError
 
-_TYPES = {"int": int, "float": float, "str": str}
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed true or false")
+    return text.lower() in ("true", "1", "yes")
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": _bool}
 
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:

@@ -17,6 +17,7 @@ class TrainRecipe:
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    augment: bool = True  # random shifts (and flips for natural images); off lets a model memorise
 
 
 @dataclass(frozen=True)

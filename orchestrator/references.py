@@ -100,6 +100,7 @@ def get_reference(
         train_classifier(
             model, x, y, epochs=r.epochs, lr=r.lr, batch_size=r.batch_size, momentum=r.momentum,
             weight_decay=r.weight_decay, natural=data.dataset.natural_images, generator=generator,
+            augmentation=r.augment,
             desc=f"train {role}", progress=progress,
         )
         save_checkpoint(role, entry, model, {"spec": spec})

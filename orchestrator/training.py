@@ -69,6 +69,7 @@ def train_classifier(
     weight_decay: float,
     natural: bool,
     generator: torch.Generator,
+    augmentation: bool = True,
     desc: str = "train",
     progress: bool = True,
 ) -> list[dict]:
@@ -82,7 +83,7 @@ def train_classifier(
         model.train()
         total_loss, correct, seen = 0.0, 0, 0
         for xb, yb in batches(x, y, batch_size, generator):
-            logits = model(augment(xb, natural, generator))
+            logits = model(augment(xb, natural, generator) if augmentation else to_float(xb))
             loss = F.cross_entropy(logits, yb)
             check_finite(loss, f"in {desc} epoch {epoch}", f"lower the training lr (now {lr})")
             opt.zero_grad(set_to_none=True)

@@ -13,10 +13,13 @@ from hypothesis.extra.numpy import arrays
 
 from orchestrator.sweep.frontier import (
     Objective,
+    _figures,
     hypervolume,
+    off_window,
     pareto_mask,
     pareto_ranks,
     plot_frontier,
+    view_window,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -143,11 +146,7 @@ def test_plot_frontier_writes_png(tmp_path, objectives, markers) -> None:
     assert written[0] == out
     data = out.read_bytes()
     assert len(data) > 1000 and data.startswith(PNG_SIGNATURE)
-    try:
-        import plotly  # noqa: F401
-        assert (tmp_path / "f.html") in written
-    except ImportError:
-        assert written == [out]
+    assert written == [out, tmp_path / "f.html"]
     leftovers = [p.name for p in out.parent.iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
 
@@ -164,3 +163,83 @@ def test_failed_and_pruned_trials_are_left_out_of_the_plot() -> None:
                        "retain_gap": [0.2, 1e6, 0.1, 5.0], "status": ["ok", "pruned", "ok", "failed"]})
     kept = _valid_trials(df, ["forget_gap", "retain_gap"])
     assert kept["trial_id"].tolist() == ["a", "c"]
+
+
+def test_view_window_pads_the_anchors_and_has_a_minimum_span() -> None:
+    np.testing.assert_allclose(view_window([[0, 0], [10, 5], [np.nan, 99]]), [[-0.8, 10.8], [-0.4, 5.4]])
+    # Flat along x: span 5% of |x| = 0.1; all zero along y: span 1. Both padded 8% per side.
+    np.testing.assert_allclose(view_window([[2, 0], [2, 0]]), [[2 - 0.058, 2 + 0.058], [-0.58, 0.58]])
+    assert view_window(np.empty((0, 2))) is None
+    assert view_window([[np.nan, 1.0]]) is None
+    w = np.array([[0.0, 1.0], [0.0, 1.0]])
+    pts = np.array([[0.5, 0.5], [1.0, 0.0], [1.01, 0.5], [0.5, -0.01]])
+    np.testing.assert_array_equal(off_window(pts, w), [False, False, True, True])
+    assert not off_window(pts, None).any()
+
+
+def _noisy_trials() -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """Seed means with CI half-widths; t0-t2 are the front, t4 is one far outlier, t3 is tied."""
+    df = pd.DataFrame({
+        "trial_id": ["t0", "t1", "t2", "t3", "t4", "t5"],
+        "avg_gap": [1.0, 2.0, 4.0, 2.2, 900.0, 3.0],
+        "rte": [30.0, 20.0, 10.0, 21.0, 25.0, 40.0],
+        "avg_gap_ci95": [0.2, 0.3, np.nan, 0.5, 1.0, 0.1],
+        "rte_ci95": [2.0, 1.0, 1.5, 3.0, 2.0, 1.0],
+        "tied": [False, True, False, True, False, None],  # t1's flag is stale: front membership wins
+    })
+    markers = {"original": {"avg_gap": 6.0, "rte": 5.0, "avg_gap_ci95": 0.4, "rte_ci95": 1.0},
+               "retrain": {"avg_gap": 0.0, "rte": 50.0, "rte_ci95": 4.0}}
+    return df, markers
+
+
+def test_png_zooms_on_front_and_references_and_clips_the_outlier() -> None:
+    from matplotlib.collections import PathCollection
+
+    df, markers = _noisy_trials()
+    png, html = _figures(df, [Objective("avg_gap"), Objective("rte")], markers)
+    ax = png.axes[0]
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    # Original (6, 5 ± 1), retrain (0, 50 ± 4) and the front (1..4, 10..30) are inside ...
+    assert x0 < 0.0 and x1 > 6.0 and y0 < 4.0 and y1 > 54.0
+    # ... and the window is that region plus a margin, not stretched to the outlier at 900.
+    assert x1 < 7.0 and y0 > 0.0 and y1 < 60.0
+    assert ax.get_title(loc="right") == "1 trials outside the view"
+    # The outlier is drawn once, on the right border at its own height, pointing outward.
+    clipped = np.vstack([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
+    np.testing.assert_allclose(clipped, [[x1, 25.0]])
+    # The HTML opens on the same window but keeps every trial.
+    assert tuple(html.layout.xaxis.range) == pytest.approx((x0, x1))
+    assert tuple(html.layout.yaxis.range) == pytest.approx((y0, y1))
+    by_name = {t.name: t for t in html.data if t.name}
+    assert sorted(np.concatenate([by_name[n].x for n in ("trials", "tied with frontier (within noise)",
+                                                         "Pareto front")])) == sorted(df["avg_gap"])
+    assert list(by_name["tied with frontier (within noise)"].x) == [2.2]
+    assert list(by_name["Pareto front"].x) == [1.0, 2.0, 4.0]
+    np.testing.assert_array_equal(by_name["Pareto front"].error_x.array, [0.2, 0.3, np.nan])
+    assert list(by_name["retrain"].error_y.array) == [4.0] and by_name["retrain"].error_x.array is None
+    assert "avg_gap=2.2 ± 0.5" in by_name["tied with frontier (within noise)"].text[0]
+    labels = [t.get_text() for t in png.legends[0].get_texts()]
+    assert labels == ["trials", "tied with frontier (within noise)", "Pareto front", "original", "retrain"]
+
+
+def test_every_pair_panel_gets_its_own_window() -> None:
+    df, markers = _noisy_trials()
+    df["ta"] = [90.0, 91.0, 92.0, 89.0, 50.0, 10.0]  # t4, t5 far below the front in ta
+    png, html = _figures(df, [Objective("avg_gap"), Objective("rte"), Objective("ta", "max")], markers)
+    titles = [ax.get_title(loc="right") for ax in png.axes if ax.get_visible()]
+    # avg_gap-rte: t4; avg_gap-ta and rte-ta: t4 and t5 (ta), the references have no ta.
+    assert titles == ["1 trials outside the view"] + ["2 trials outside the view"] * 2
+    assert png.axes[1].get_ylim()[0] > 80.0 and png.axes[2].get_xlim()[1] < 35.0
+    assert html.layout.xaxis2.range is not None and html.layout.yaxis3.range is not None
+
+
+def test_html_carries_error_bars_only_when_known(tmp_path) -> None:
+    df, markers = _noisy_trials()
+    objs = [("avg_gap", "min"), ("rte", "min")]
+    png, html = plot_frontier(df, objs, tmp_path / "a.png", markers=markers)
+    assert html == tmp_path / "a.html"
+    assert '"error_y":{"array"' in html.read_text()
+    bare = df.drop(columns=["avg_gap_ci95", "rte_ci95", "tied"])
+    png, html = plot_frontier(bare, objs, tmp_path / "b.png", path_html=tmp_path / "b.html")
+    assert png.read_bytes().startswith(PNG_SIGNATURE)
+    assert '"error_y":{"array"' not in html.read_text()

@@ -6,6 +6,7 @@ dominance rule serves every mix of directions.
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -197,61 +198,200 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
     return path
 
 
-_MARKER_STYLES = ("*", "D", "P", "X", "^", "s", "v")
+def view_window(anchors: np.ndarray | Sequence[Sequence[float]], margin: float = 0.08,
+                min_frac: float = 0.05) -> np.ndarray | None:
+    """Axis limits [[x_lo, x_hi], [y_lo, y_hi]] framing the finite rows of `anchors` (k x 2).
+
+    The anchors are what a reader compares (the front, the reference models);
+    framing them rather than every trial keeps one far outlier from squashing
+    the front into a corner. Each span is padded by `margin` of itself per side
+    and is at least `min_frac` of the values' magnitude (1 where they are all
+    0), so a front that is flat along an axis still gets a readable window.
+    None when there is nothing to frame (the caller then autoscales).
+    """
+    a = np.asarray(anchors, dtype=float).reshape(-1, 2)
+    a = a[np.isfinite(a).all(axis=1)]
+    if not len(a):
+        return None
+    lo, hi = a.min(axis=0), a.max(axis=0)
+    span = np.maximum(hi - lo, min_frac * np.maximum(np.abs(lo), np.abs(hi)))
+    span[span == 0] = 1.0
+    mid, half = (lo + hi) / 2, span * (0.5 + margin)
+    return np.column_stack([mid - half, mid + half])
 
 
-def _panel(ax: Any, pts: np.ndarray, front: np.ndarray, ox: Objective, oy: Objective,
-           markers: Mapping[str, Mapping[str, float]], legend: bool) -> None:
-    ax.scatter(pts[~front, 0], pts[~front, 1], s=14, c="0.65", label="trials")
-    ax.scatter(pts[front, 0], pts[front, 1], s=30, c="tab:red", zorder=5, label="Pareto front")
-    # Staircase along this pair's own front, best x first (where="post" then
-    # traces the boundary of the dominated region whatever the directions).
+def off_window(pts: np.ndarray, window: np.ndarray | None) -> np.ndarray:
+    """Mask of the rows of `pts` (n x 2) outside `window` (as from view_window; None holds all)."""
+    if window is None:
+        return np.zeros(len(pts), dtype=bool)
+    return ((pts < window[:, 0]) | (pts > window[:, 1])).any(axis=1)
+
+
+# Trial groups, indexed by _PanelData.group: label, colour (a CSS name matplotlib and plotly share).
+_GROUPS = (("trials", "darkgray"), ("tied with frontier (within noise)", "darkorange"), ("Pareto front", "red"))
+# Reference models: matplotlib marker, plotly symbol, colour kept clear of the trial groups'.
+_REF_STYLES = (("*", "star", "royalblue"), ("D", "diamond", "forestgreen"), ("P", "cross", "purple"),
+               ("X", "x", "saddlebrown"), ("^", "triangle-up", "teal"), ("s", "square", "deeppink"),
+               ("v", "triangle-down", "olive"))
+# Off-window trials sit on the border as a triangle pointing to where they really are:
+# (axis they are furthest out along, beyond its upper limit) -> marker.
+_OUTWARD = {(0, False): "<", (0, True): ">", (1, False): "v", (1, True): "^"}
+
+
+@dataclass(frozen=True)
+class _PanelData:
+    """One objective pair, shared by the PNG panel and the HTML subplot so both show the same."""
+
+    ox: Objective
+    oy: Objective
+    pts: np.ndarray  # n x 2 seed means
+    errs: np.ndarray  # n x 2 95% CI half-widths, NaN where unknown
+    group: np.ndarray  # index into _GROUPS per trial
+    stairs: np.ndarray  # this pair's own front, ordered for a post-step line
+    refs: list[tuple[str, tuple[str, str, str], np.ndarray, np.ndarray]]  # name, style, xy, CI xy
+    window: np.ndarray | None
+
+
+def _err(e: np.ndarray) -> np.ndarray | None:
+    """`e` if any error bar is known: an all-NaN array would only add empty artists/traces."""
+    e = np.asarray(e, dtype=float)
+    return e if np.isfinite(e).any() else None
+
+
+def _panel_data(ox: Objective, oy: Objective, pts: np.ndarray, errs: np.ndarray, group: np.ndarray,
+                markers: Mapping[str, Mapping[str, float]]) -> _PanelData:
     pair = pts[pareto_mask(pts, [ox.direction, oy.direction])]
-    if len(pair) > 1:
-        sx = 1.0 if ox.direction == "min" else -1.0
-        sy = 1.0 if oy.direction == "min" else -1.0
-        pair = pair[np.lexsort((sy * pair[:, 1], sx * pair[:, 0]))]
-        ax.step(pair[:, 0], pair[:, 1], where="post", c="tab:red", lw=1, alpha=0.7)
-    for k, (name, met) in enumerate(markers.items()):
-        if ox.metric in met and oy.metric in met:
-            # Hollow: with gap objectives retrain sits at 0, right where the best trials are.
-            ax.scatter([met[ox.metric]], [met[oy.metric]], marker=_MARKER_STYLES[k % len(_MARKER_STYLES)],
-                       s=140, facecolors="none", edgecolors=f"C{k}", linewidths=1.8, zorder=4, label=name)
-    ax.set_xlabel(_label(ox))
-    ax.set_ylabel(_label(oy))
+    # Best x first: where="post" (plotly "hv") then traces the boundary of the
+    # dominated region whatever the directions.
+    sx = 1.0 if ox.direction == "min" else -1.0
+    sy = 1.0 if oy.direction == "min" else -1.0
+    stairs = pair[np.lexsort((sy * pair[:, 1], sx * pair[:, 0]))]
+    refs = [(name, style, np.array([met[ox.metric], met[oy.metric]], dtype=float),
+             np.array([met.get(f"{o.metric}_ci95", np.nan) for o in (ox, oy)], dtype=float))
+            for (name, met), style in zip(markers.items(), itertools.cycle(_REF_STYLES))
+            if ox.metric in met and oy.metric in met]
+    # A reference's seed spread is part of what the reader compares, so it is framed too.
+    spans = [xy + sign * np.nan_to_num(ci) for _, _, xy, ci in refs for sign in (-1, 1)]
+    anchors = np.vstack([pts[group == 2], stairs, *spans])
+    return _PanelData(ox, oy, pts, errs, group, stairs, refs, view_window(anchors))
+
+
+def _panel(ax: Any, p: _PanelData) -> None:
+    out = off_window(p.pts, p.window)
+    for g, (label, color) in enumerate(_GROUPS):
+        sel = (p.group == g) & ~out
+        if sel.any():
+            ax.errorbar(p.pts[sel, 0], p.pts[sel, 1], xerr=_err(p.errs[sel, 0]), yerr=_err(p.errs[sel, 1]),
+                        fmt="o", ms=3 + g, c=color, elinewidth=0.7, alpha=0.85, zorder=3 + g, label=label)
+    if len(p.stairs) > 1:
+        ax.step(p.stairs[:, 0], p.stairs[:, 1], where="post", c="red", lw=1, alpha=0.7)
+    for name, (marker, _, color), xy, ci in p.refs:
+        # Hollow: with gap objectives retrain sits at 0, right where the best trials are.
+        ax.errorbar([xy[0]], [xy[1]], xerr=_err(ci[:1]), yerr=_err(ci[1:]), fmt=marker, ms=12, mfc="none",
+                    mec=color, mew=1.8, ecolor=color, capsize=3, zorder=6, label=name)
+    if p.window is not None:
+        ax.set_xlim(*p.window[0])
+        ax.set_ylim(*p.window[1])
+    if out.any():
+        edge = np.clip(p.pts[out], p.window[:, 0], p.window[:, 1])
+        excess = (p.pts[out] - edge) / (p.window[:, 1] - p.window[:, 0])
+        axis = np.abs(excess).argmax(axis=1)
+        upper = excess[np.arange(len(edge)), axis] > 0
+        colors = np.array([c for _, c in _GROUPS])[p.group[out]]
+        for (k, up), marker in _OUTWARD.items():
+            sel = (axis == k) & (upper == up)
+            # clip_on=False: a marker centred on the border would otherwise be cut in half.
+            ax.scatter(edge[sel, 0], edge[sel, 1], marker=marker, s=30, c=colors[sel], clip_on=False, zorder=7)
+        ax.set_title(f"{int(out.sum())} trials outside the view", loc="right", fontsize=8)
+    ax.set_xlabel(_label(p.ox))
+    ax.set_ylabel(_label(p.oy))
     ax.grid(alpha=0.3)
-    if legend:
-        ax.legend(fontsize=7, loc="best")
 
 
-def _hover_text(df: pd.DataFrame) -> list[str]:
-    cols = [c for c in ("trial_id",) if c in df.columns] + [c for c in df.columns if c.startswith("config.")]
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    return ["<br>".join(f"{c}={fmt(row[c])}" for c in cols) for _, row in df[cols].iterrows()]
+def _html_err(e: np.ndarray) -> dict[str, Any] | None:
+    e = _err(e)
+    return None if e is None else {"type": "data", "array": e, "thickness": 1}
 
 
-def _write_html(df: pd.DataFrame, objs: list[Objective], front: np.ndarray,
-                markers: Mapping[str, Mapping[str, float]], path: Path) -> Path:
+def _html_panel(fig: Any, row: int, col: int, p: _PanelData, hover: np.ndarray, legend: bool) -> None:
+    """Same content as _panel but every trial unclipped: the reader can zoom out in the browser."""
     import plotly.graph_objects as go
 
-    text = np.array(_hover_text(df), dtype=object)
-    groups = [("trials", ~front, "lightgray"), ("Pareto front", front, "red")]
-    fig = go.Figure()
-    if len(objs) == 2:
-        x, y = (df[o.metric].to_numpy() for o in objs)
-        for name, sel, color in groups:
-            fig.add_trace(go.Scatter(x=x[sel], y=y[sel], mode="markers", name=name,
-                                     marker={"color": color}, text=text[sel], hoverinfo="text+x+y"))
-        for name, met in markers.items():
-            if all(o.metric in met for o in objs):
-                fig.add_trace(go.Scatter(x=[met[objs[0].metric]], y=[met[objs[1].metric]], name=name,
-                                         mode="markers", marker={"symbol": "star", "size": 14}))
-        fig.update_layout(xaxis_title=_label(objs[0]), yaxis_title=_label(objs[1]))
-    else:
-        for name, sel, color in groups:
-            dims = [{"label": _label(o), "values": df[o.metric].to_numpy()[sel]} for o in objs]
-            fig.add_trace(go.Splom(dimensions=dims, name=name, text=text[sel], marker={"color": color}))
-    return _atomic_write(path, lambda tmp: fig.write_html(tmp, include_plotlyjs=True))
+    at = {"row": row, "col": col}
+    for g, (label, color) in enumerate(_GROUPS):
+        sel = p.group == g
+        if sel.any():
+            fig.add_trace(go.Scatter(
+                x=p.pts[sel, 0], y=p.pts[sel, 1], mode="markers", name=label, legendgroup=label,
+                showlegend=legend, marker={"color": color, "size": 5 + g}, error_x=_html_err(p.errs[sel, 0]),
+                error_y=_html_err(p.errs[sel, 1]), text=hover[sel], hoverinfo="text"), **at)
+    if len(p.stairs) > 1:
+        fig.add_trace(go.Scatter(x=p.stairs[:, 0], y=p.stairs[:, 1], mode="lines", showlegend=False,
+                                 line={"shape": "hv", "color": "red", "width": 1}, hoverinfo="skip"), **at)
+    for name, (_, symbol, color), xy, ci in p.refs:
+        fig.add_trace(go.Scatter(
+            x=[xy[0]], y=[xy[1]], mode="markers", name=name, legendgroup=name, showlegend=legend,
+            marker={"symbol": f"{symbol}-open", "size": 14, "color": color, "line": {"width": 2}},
+            error_x=_html_err(ci[:1]), error_y=_html_err(ci[1:]), hoverinfo="text",
+            text=["<br>".join([name, *map(_pm, (p.ox.metric, p.oy.metric), xy, ci)])]), **at)
+    window = [None, None] if p.window is None else p.window.tolist()
+    fig.update_xaxes(title_text=_label(p.ox), range=window[0], **at)
+    fig.update_yaxes(title_text=_label(p.oy), range=window[1], **at)
+
+
+def _pm(metric: str, value: float, ci: float) -> str:
+    return f"{metric}={value:.4g}" + (f" ± {ci:.2g}" if np.isfinite(ci) else "")
+
+
+def _hover_text(df: pd.DataFrame, metrics: list[str], errs: np.ndarray) -> list[str]:
+    """Per trial: id, config, and each objective as seed mean ± CI half-width (`errs`, n x m)."""
+    cols = [c for c in ("trial_id",) if c in df.columns] + [c for c in df.columns if c.startswith("config.")]
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return ["<br>".join([f"{c}={fmt(row[c])}" for c in cols] + list(map(_pm, metrics, vs, es)))
+            for (_, row), vs, es in zip(df[cols].iterrows(), df[metrics].to_numpy(dtype=float), errs)]
+
+
+def _figures(df: pd.DataFrame, objs: list[Objective],
+             markers: Mapping[str, Mapping[str, float]]) -> tuple[Any, Any]:
+    """The PNG's matplotlib figure and the HTML's plotly figure, built panel for panel alike."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas
+    from plotly.subplots import make_subplots
+
+    metrics = [o.metric for o in objs]
+    df = _valid_trials(df, metrics)
+    vals = df[metrics].to_numpy(dtype=float)
+    errs = np.column_stack([df[f"{m}_ci95"].to_numpy(dtype=float) if f"{m}_ci95" in df
+                            else np.full(len(df), np.nan) for m in metrics])
+    front = pareto_mask(vals, [o.direction for o in objs])
+    tied = (df["tied"].astype("boolean").fillna(False).to_numpy(dtype=bool) if "tied" in df
+            else np.zeros(len(df), dtype=bool))
+    group = np.select([front, tied], [2, 1], 0)  # the front wins over a stale tied flag
+    hover = np.array(_hover_text(df, metrics, errs), dtype=object)
+
+    m = len(objs)
+    pairs = [(0, 1)] if m == 2 else [(i, j) for i in range(m) for j in range(i + 1, m)]
+    ncols = min(len(pairs), 3)
+    nrows = -(-len(pairs) // ncols)
+    png = Figure(figsize=(5 * ncols, 4.2 * nrows), layout="constrained")
+    axes = png.subplots(nrows, ncols, squeeze=False).ravel()
+    html = make_subplots(rows=nrows, cols=ncols)
+    for k, (i, j) in enumerate(pairs):
+        p = _panel_data(objs[i], objs[j], vals[:, [i, j]], errs[:, [i, j]], group, markers)
+        _panel(axes[k], p)
+        _html_panel(html, k // ncols + 1, k % ncols + 1, p, hover, legend=(k == 0))
+    for ax in axes[len(pairs):]:
+        ax.set_visible(False)
+    # One legend outside the panels: inside, "best" still lands on markers of a crowded panel.
+    # Labels gathered over all panels: a reference lacking one pair's metric is missing there.
+    legend = {lab: h for ax in axes for h, lab in zip(*ax.get_legend_handles_labels())}
+    if legend:
+        png.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=3, fontsize=7)
+    title = f"{len(df)} trials, {int(front.sum())} on the Pareto front"
+    if (group == 1).any():
+        title += f", {int((group == 1).sum())} tied with it within noise"
+    png.suptitle(title)
+    html.update_layout(title=title, height=450 * nrows, width=550 * ncols)
+    return png, html
 
 
 def plot_frontier(
@@ -261,41 +401,21 @@ def plot_frontier(
     markers: Mapping[str, Mapping[str, float]] | None = None,
     path_html: str | os.PathLike[str] | None = None,
 ) -> list[Path]:
-    """Scatter every successful trial, highlight the Pareto front, write PNG (+ HTML).
+    """Plot every successful trial (seed means ± 95% CI), highlight the Pareto front; write PNG + HTML.
 
     Two objectives give one panel; more give a pairwise grid. `markers` maps a
-    label (e.g. "original", "retrain") to its metrics, drawn as reference
-    points. The HTML (default: PNG path with .html) is written only if plotly
-    is importable. Returns the paths written.
+    label (e.g. "original", "retrain") to its metrics (plus optional
+    `metric + "_ci95"`), drawn as hollow reference points with error bars.
+    `df` may carry `metric + "_ci95"` columns and a boolean `tied` column.
+    Each PNG panel is zoomed on the front and the markers (view_window);
+    trials beyond sit clipped on the border. The HTML (default: PNG path with
+    .html) holds every point but opens on the same window. Returns [png, html].
     """
-    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas
-
     objs = [_as_objective(o) for o in objectives]
     if len(objs) < 2:
         raise ValueError("plot_frontier needs at least two objectives")
-    markers = markers or {}
-    df = _valid_trials(df, [o.metric for o in objs])
-    vals = df[[o.metric for o in objs]].to_numpy(dtype=float)
-    front = pareto_mask(vals, [o.direction for o in objs])
-
-    m = len(objs)
-    pairs = [(0, 1)] if m == 2 else [(i, j) for i in range(m) for j in range(i + 1, m)]
-    ncols = min(len(pairs), 3)
-    nrows = -(-len(pairs) // ncols)
-    fig = Figure(figsize=(5 * ncols, 4.2 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for k, (i, j) in enumerate(pairs):
-        _panel(axes[k], vals[:, [i, j]], front, objs[i], objs[j], markers, legend=(k == 0))
-    for ax in axes[len(pairs):]:
-        ax.set_visible(False)
-    fig.suptitle(f"{len(df)} trials, {int(front.sum())} on the Pareto front")
-
+    png_fig, html_fig = _figures(df, objs, markers or {})
     png = Path(path_png)
-    written = [_atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=120))]
-    try:
-        import plotly  # noqa: F401
-    except ImportError:
-        return written
     html = Path(path_html) if path_html is not None else png.with_suffix(".html")
-    written.append(_write_html(df, objs, front, markers, html))
-    return written
+    return [_atomic_write(png, lambda tmp: png_fig.savefig(tmp, format="png", dpi=120)),
+            _atomic_write(html, lambda tmp: html_fig.write_html(tmp, include_plotlyjs=True))]
