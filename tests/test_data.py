@@ -34,9 +34,24 @@ def test_forget_specs_random_is_seeded_and_class_takes_every_sample():
     assert (y_test != 3).all() and len(y_test) == int((ds.y_test != 3).sum())
 
 
+def test_mislabeled_forget_set_carries_wrong_labels_only_in_training():
+    ds = load_mnist5k()
+    a = split_forget(ds, ForgetSpec.parse("mislabeled:0.1"), seed=0)
+    again = split_forget(ds, ForgetSpec.parse("mislabeled:0.1"), seed=0)
+    rand = split_forget(ds, ForgetSpec.parse("random:0.1"), seed=0)
+    assert str(a.forget) == "mislabeled:0.1" and len(a.forget_idx) == 400
+    assert torch.equal(a.forget_idx, rand.forget_idx) and torch.equal(a.y_forget, again.y_forget)
+    true = ds.y_train[a.forget_idx]
+    assert (a.y_forget != true).all() and a.y_forget.min() >= 0 and a.y_forget.max() < 10
+    assert len(torch.unique(a.y_forget - true)) > 5  # wrong labels spread over the other classes
+    assert torch.equal(a.y_retain, ds.y_train[a.retain_idx])  # the rest keeps its labels
+    assert torch.equal(a.dataset.y_test, ds.y_test) and a.dataset.fingerprint() != ds.fingerprint()
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
+        ("mislabeled:1", "fraction must be in (0, 1)"),
         ("random:1.5", "fraction must be in (0, 1)"),
         ("random:0", "fraction must be in (0, 1)"),
         ("class:x", "allowed random:FRACTION"),

@@ -143,11 +143,14 @@ def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, ca
     chosen = df.set_index("trial_id").loc[picked["trial_id"]]
     assert picked["search"]["avg_gap"] == pytest.approx(df["avg_gap"].min()) == pytest.approx(chosen["avg_gap"])
     v = picked["validation"]
-    assert v["seeds"] == [2, 3, 4] and not v["diverged"]
-    for key in ("avg_gap", "avg_gap_original", "improvement"):
-        assert v[key]["ci95_low"] <= v[key]["mean"] <= v[key]["ci95_high"]
-    assert v["improvement"]["mean"] == pytest.approx(v["avg_gap_original"]["mean"] - v["avg_gap"]["mean"])
-    assert v["improves_on_original"] == (v["improvement"]["ci95_low"] > 0)
+    # A tiny model may collapse on a held-out seed: that seed is reported and fails the pick.
+    assert v["seeds"] == [2, 3, 4] and {d["seed"] for d in v["diverged"]} <= {2, 3, 4}
+    assert v["metrics"]["avg_gap"]["n"] == 3 - len(v["diverged"])
+    if v["metrics"]["avg_gap"]["n"] >= 2:
+        for key in ("avg_gap", "avg_gap_original", "improvement"):
+            assert v[key]["ci95_low"] <= v[key]["mean"] <= v[key]["ci95_high"]
+        assert v["improvement"]["mean"] == pytest.approx(v["avg_gap_original"]["mean"] - v["avg_gap"]["mean"])
+    assert v["improves_on_original"] == (v["improvement"]["ci95_low"] > 0 and not v["diverged"])
     assert "held-out seeds" in printed and "search seeds" in printed
     version = client.get_model_version("tiny", str(picked["version"]))
     assert version.run_id == chosen["mlflow_run_id"]
@@ -263,10 +266,12 @@ def test_shipped_search_spaces_validate():
     from orchestrator.sweep.spec import load_spec
 
     shipped = sorted(Path(__file__).parents[1].joinpath("search_spaces").glob("*.yaml"))
-    assert {p.name for p in shipped} >= {"mnist5k_class.yaml", "mnist5k_random.yaml", "cifar10_resnet18.yaml"}
+    assert {p.name for p in shipped} >= {"mnist5k_class.yaml", "mnist5k_random.yaml", "mnist5k_mislabeled.yaml",
+                                         "cifar10_resnet18.yaml"}
     for path in shipped:
         spec = load_spec(path)
         assert spec.trials >= 1 and spec.objectives
+        assert len(set(spec.seeds)) >= 3, f"{path.name}: a result is a mean over at least 3 seeds"
 
 
 TINY_DIFFUSION = """

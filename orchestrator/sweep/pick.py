@@ -84,7 +84,7 @@ def validate(spec, searched: dict, seeds: list[int], cache_dir: Path, progress: 
     for key in ("avg_gap", "avg_gap_original"):
         if key in out["metrics"]:
             out[key] = _interval(out["metrics"][key])
-    if "avg_gap" in keys:
+    if not per_seed or "avg_gap" in keys:  # classification (every seed diverged: nothing to compare)
         s, better = paired_improvement([m["avg_gap_original"] for m in per_seed], [m["avg_gap"] for m in per_seed])
         out["improvement"] = _interval(s.as_dict())
         out["improves_on_original"] = better and not diverged
