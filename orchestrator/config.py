@@ -78,25 +78,23 @@ BN_MODES = ("train", "eval")
 # The public reference implementation's values (CIFAR-10, ResNet-18, random 10%).
 REFERENCE = ScissorhandsConfig()
 
-# CPU defaults, measured on mnist5k (see README "How the defaults were chosen").
-# Keyed by (model size, forget kind).
-# The reference's margin of 0.5 forces a gradient-ascent push of at least half the forget
-# gradient on every conflicting step, which collapsed ResNet-8/20 here (RA -> chance): the
-# small-model defaults project with margin 0 (pure GEM constraint, no extra push).
-# Large models (ResNet-18, the paper's CIFAR-10 setting) keep the reference values: that is
-# where they were tuned, and it cannot be re-measured on a CPU.
+# CPU defaults for small models (ResNet-8/20), measured on mnist5k over 3 seeds and validated
+# on 5 more (README, "How the defaults were chosen"). Keyed by (model size, forget kind).
+# Class-wise: the reference values with trim 0.01, margin 0 and 5 epochs match the reference
+# preset within noise (Avg. Gap 0.33 vs 0.42) at half its time. Mislabeled: lambda 0.01 and
+# 3 epochs. Random: nothing measured beats doing nothing on mnist5k; the gentlest repair
+# tried (trim 0.003, lr 2e-3, 2 epochs) at least does no harm on average. Large models (ResNet-18, the paper's CIFAR-10 setting) keep the
+# reference values: that is where they were tuned, and it cannot be re-measured on a CPU.
+_SMALL_CLASS = replace(REFERENCE, trim_ratio=0.01, projection_strength=0.0, epochs=5)
+_SMALL_MISLABELED = replace(_SMALL_CLASS, forget_weight=0.01, epochs=3)
 MEASURED_DEFAULTS: dict[tuple[str, str], ScissorhandsConfig] = {
-    ("small", "class"): ScissorhandsConfig(
-        trim_ratio=0.01, projection_strength=0.0, forget_weight=0.05, lr=5e-3, epochs=5
-    ),
-    ("small", "random"): ScissorhandsConfig(
-        trim_ratio=0.01, projection_strength=0.0, forget_weight=0.01, lr=5e-3, epochs=3
-    ),
+    ("small", "class"): _SMALL_CLASS,
+    ("small", "random"): replace(_SMALL_MISLABELED, trim_ratio=0.003, lr=2e-3, epochs=2),
+    ("small", "mislabeled"): _SMALL_MISLABELED,
     ("large", "class"): REFERENCE,
     ("large", "random"): REFERENCE,
+    ("large", "mislabeled"): REFERENCE,
 }
-MEASURED_DEFAULTS[("small", "mislabeled")] = MEASURED_DEFAULTS[("small", "random")]
-MEASURED_DEFAULTS[("large", "mislabeled")] = REFERENCE
 
 PRESETS = ("auto", "reference")
 
