@@ -196,6 +196,16 @@ def select_ours(backend):
     return run
 
 
+def select_ours_reference_rule(backend, trim_ratio):
+    """What the method runs: the reference code's cut and guard (kernels.snip_threshold: three
+    exact top-n searches, for the cut, the largest and the smallest score) and the trim."""
+    def run(ws, gs, n, inits):
+        th = kernels.snip_threshold(ws, gs, trim_ratio, backend=backend)
+        return th.tau, kernels.masked_reinit_(ws, gs, th, inits, None, backend=backend)
+
+    return run
+
+
 try:  # the published code's solver, when installed
     import numpy as np
     import quadprog  # type: ignore
@@ -304,7 +314,8 @@ def bench_size(n_target: int, device: str, repeats: int, trim_ratio: float, out_
             w.copy_(x)
 
     results = {}
-    for impl, fn in (("reference_code", select_reference_code), ("argsort", select_argsort), (ours, select_ours(ours))):
+    for impl, fn in (("reference_code", select_reference_code), ("argsort", select_argsort), (ours, select_ours(ours)),
+                     (f"{ours}_reference_rule", select_ours_reference_rule(ours, trim_ratio))):
         if impl in skip:
             continue
         t, best, peak, runs, out = measure(
@@ -325,6 +336,7 @@ def bench_size(n_target: int, device: str, repeats: int, trim_ratio: float, out_
             meter.sync()
             rec["phases"] = {"select": round(t1 - t0, 6), "trim": round(time.perf_counter() - t1, 6)}
             restore()
+        if impl.startswith(ours):
             for other in ("reference_code", "argsort"):
                 if other in results:
                     rec[f"speedup_vs_{other}"] = round(results[other] / t, 2)
