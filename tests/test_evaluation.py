@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from orchestrator.data import ForgetSpec, UnlearnData, _make
+from orchestrator.data import ForgetSpec, _make
 from orchestrator.evaluation import avg_gap, evaluate, mia_efficacy, mia_features
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import typing
 
 from orchestrator.diffusion.config import (
-    DEVICES, INITS, PROJECTION_SCOPES, REPAIR_MODULES, REPAIRS, TRIM_PRESETS,
+    DEVICES, INITS, PROJECTION_SCOPES, REPAIR_MODULES, TRIM_PRESETS,
     ClassifierRecipe, DiffusionRunConfig, GeneratorRecipe,
 )
 

@@ -13,7 +13,6 @@ from orchestrator.config import (
     METHOD_KNOBS,
     RECIPE_KNOBS,
     RunConfig,
-    ScissorhandsConfig,
     TrainRecipe,
     method_preset,
 )
