@@ -10,6 +10,7 @@ import numpy as np
 from scipy import stats
 
 STAT_SUFFIXES = ("_std", "_se", "_n", "_ci95")
+PAIRED_KEYS = ("improvement", "improvement_ci95_low", "improvement_ci95_high", "improves_on_original")
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,9 @@ def aggregate(per_seed: list[Mapping[str, float]]) -> dict[str, float]:
         out.update({key: s.mean, f"{key}_std": s.std, f"{key}_se": s.se, f"{key}_n": s.n, f"{key}_ci95": s.ci95})
     if "avg_gap" in out and "avg_gap_original" in out:
         s, better = paired_improvement([m["avg_gap_original"] for m in per_seed], [m["avg_gap"] for m in per_seed])
-        out.update({"improvement": s.mean, "improvement_ci95_low": s.ci95_low,
-                    "improvement_ci95_high": s.ci95_high, "improves_on_original": better})
+        out.update(zip(PAIRED_KEYS, (s.mean, s.ci95_low, s.ci95_high, better)))
     return out
 
-
-PAIRED_KEYS = ("improvement", "improvement_ci95_low", "improvement_ci95_high", "improves_on_original")
 
 
 def interval_text(s: Summary, digits: int = 3) -> str:
