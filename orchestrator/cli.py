@@ -3,129 +3,64 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
 
-from orchestrator.config import PRESETS, RunConfig, ScissorhandsConfig, TrainRecipe, method_preset
 from orchestrator.errors import DivergenceError, UserError
-
-def _bool(text: str) -> bool:
-    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise argparse.ArgumentTypeError(f"{text!r}: allowed true or false")
-    return text.lower() in ("true", "1", "yes")
+from orchestrator.flags import add_config_flags, config_from_args, picked
 
 
-_TYPES = {"int": int, "float": float, "str": str, "bool": _bool}
-
-
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
-    """One --flag per field; defaults are None so presets fill what the user did not set."""
-    for f in dataclasses.fields(cls):
-        flag = f"--{prefix}{f.name}".replace("_", "-")
-        type_name = str(f.type)
-        if "tuple" in type_name:
-            parser.add_argument(flag, dest=f"{prefix}{f.name}", nargs="+", metavar="REGEX", default=None)
-        else:
-            base = type_name.split("|")[0].strip()
-            parser.add_argument(flag, dest=f"{prefix}{f.name}", type=_TYPES[base], default=None)
-
-
-def _add_run_flags(parser: argparse.ArgumentParser, with_method: bool) -> None:
-    parser.add_argument("--dataset", default="mnist5k", help="mnist5k | cifar10 | npz:PATH")
-    parser.add_argument("--data-dir", default=None, help="CIFAR-10 python batch folder")
-    parser.add_argument("--model", default="resnet8", help="resnet8 | resnet20 | resnet18")
-    parser.add_argument("--width", type=int, default=None, help="base channel width (default per model)")
-    parser.add_argument("--forget", default="class:3", help="class:K, random:FRACTION or mislabeled:FRACTION")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split-seed", type=int, default=0, help="train/test split seed (kept fixed)")
+def add_run_flags(parser: argparse.ArgumentParser, task, method=None) -> None:
+    """The flags of ``task``'s run config, and with a method its knobs and presets."""
     parser.add_argument("--cache-dir", type=Path, default=None, help="reference-model cache")
     parser.add_argument("--no-progress", action="store_true")
-    recipe = parser.add_argument_group("reference training recipe")
-    _add_dataclass_flags(recipe, TrainRecipe, prefix="train_")
-    if with_method:
-        method = parser.add_argument_group("Scissorhands knobs (default: the measured preset)")
-        method.add_argument("--preset", default="auto", help=f"{' | '.join(PRESETS)}")
-        method.add_argument("--kernels", default=None, help="kernel backend: reference | fused | triton")
-        _add_dataclass_flags(method, ScissorhandsConfig)
+    add_config_flags(parser, task.config_class, f"{task.name} run")
+    if method is not None:
+        group = parser.add_argument_group(f"method {method.name} (default: preset auto)")
+        group.add_argument("--preset", default="auto", help=" | ".join(method.presets))
+        add_config_flags(parser, method.config_class, f"{method.name} knobs")
 
 
-def _picked(args, cls, prefix: str = "") -> dict:
-    out = {}
-    for f in dataclasses.fields(cls):
-        value = getattr(args, f"{prefix}{f.name}", None)
-        if value is not None:
-            out[f.name] = tuple(value) if isinstance(value, list) else value
-    return out
-
-
-def run_config(args, with_method: bool = True) -> RunConfig:
-    from orchestrator.data import ForgetSpec
-    from orchestrator.models import model_info
-
-    recipe = dataclasses.replace(TrainRecipe(), **_picked(args, TrainRecipe, "train_"))
-    method = ScissorhandsConfig()
-    kernels = None
-    if with_method:
-        preset = method_preset(args.preset, model_info(args.model).size, ForgetSpec.parse(args.forget).kind)
-        method = dataclasses.replace(preset, **_picked(args, ScissorhandsConfig))
-        kernels = args.kernels
-    return RunConfig(
-        dataset=args.dataset, data_dir=args.data_dir, model=args.model, width=args.width, forget=args.forget,
-        seed=args.seed, split_seed=args.split_seed, recipe=recipe, method=method, kernels=kernels,
-    )
+def run_config(args, task, method=None):
+    """The run config the flags describe: preset, then every knob the user set; validated."""
+    cfg = config_from_args(args, task.config_class, method=method.name if method else task.default_method)
+    if method is not None:
+        preset = method.preset(args.preset, **task.preset_context(cfg))
+        cfg = dataclasses.replace(cfg, knobs=method.config(preset, **picked(args, method.config_class)))
+    cfg.validate()
+    return cfg
 
 
 def _cache_dir(args) -> Path:
-    from orchestrator.references import default_cache_dir
+    from orchestrator.cache import default_cache_dir
 
     return args.cache_dir or default_cache_dir()
 
 
-def format_table(report: dict) -> str:
-    lines = [f"{'model':<10} {'UA':>7} {'RA':>7} {'TA':>7} {'MIA':>7} {'RTE_s':>8}"]
-    for role in ("original", "retrain", "unlearned"):
-        m = report[role]
-        rte = f"{m['RTE_s']:>8.1f}" if "RTE_s" in m else f"{'':>8}"
-        lines.append(f"{role:<10} {m['UA']:>7.2f} {m['RA']:>7.2f} {m['TA']:>7.2f} {m['MIA']:>7.2f} {rte}")
-    lines.append(f"Avg. Gap vs retrain: unlearned {report['avg_gap']:.3f}, original {report['avg_gap_original']:.3f}")
-    return "\n".join(lines)
-
-
-def cmd_train(args) -> int:
-    from orchestrator.references import get_references
+def cmd_train(args, task) -> int:
     from orchestrator.training import set_threads
-    from orchestrator.trial import core, prepare
 
     set_threads()
-    cfg = run_config(args, with_method=False)
-    data = prepare(cfg)
-    refs = get_references(cfg, data, _cache_dir(args), progress=not args.no_progress)
-    for ref in (refs.original, refs.retrain):
-        print(f"{ref.role:<9} {ref.path}  {core(ref.metrics(data))}")
+    cfg = run_config(args, task)
+    for role, metrics in task.build_references(cfg, _cache_dir(args), progress=not args.no_progress).items():
+        print(f"{role:<9} {metrics}")
+    print(f"references cached in {_cache_dir(args)}")
     return 0
 
 
-def cmd_unlearn(args) -> int:
+def cmd_unlearn(args, task, method) -> int:
     from orchestrator.storage import atomic_write_json
     from orchestrator.training import set_threads
-    from orchestrator.trial import run_unlearning
 
     set_threads()
     if args.json and not Path(args.json).parent.exists():
         raise UserError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
-    if args.task == "diffusion":
-        from orchestrator.diffusion.cli import diffusion_config_from_args, format_diffusion_table
-        from orchestrator.diffusion.run import run_diffusion_unlearning
-
-        result = run_diffusion_unlearning(diffusion_config_from_args(args), _cache_dir(args),
-                                          progress=not args.no_progress)
-        print(format_diffusion_table(result.report))
-        for path in result.extras.get("artifacts", []):
-            print(f"sample grid: {path}")
-    else:
-        result = run_unlearning(run_config(args), _cache_dir(args), progress=not args.no_progress)
-        print(format_table(result.report))
+    result = task.run(run_config(args, task, method), _cache_dir(args), progress=not args.no_progress)
+    print(task.format_table(result.report))
+    for path in result.extras.get("artifacts", []):
+        print(f"sample grid: {path}")
     if args.json:
         atomic_write_json(args.json, result.report)
         print(f"wrote {args.json}")
@@ -218,23 +153,32 @@ def cmd_ui(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(task_name: str = "classification", method_name: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``train`` and ``unlearn`` carry the flags of the chosen task and method."""
+    from orchestrator.methods import get_method, list_methods
+    from orchestrator.tasks import get_task, list_tasks
+
+    task = get_task(task_name)
+    method = get_method(method_name or task.default_method)
+    if method.task != task.name:
+        raise UserError(f"--method {method.name}: a {method.task} method; {task.name} methods: "
+                        f"{', '.join(list_methods(task.name))}")
     parser = argparse.ArgumentParser(prog="scissorhands", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    selectors = argparse.ArgumentParser(add_help=False)
+    selectors.add_argument("--task", choices=list_tasks(), default="classification",
+                           help="classifier unlearning, or class/concept erasure from a diffusion model")
 
-    p = sub.add_parser("train", help="train (or load from cache) the original and retrain reference models")
-    _add_run_flags(p, with_method=False)
-    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("train", parents=[selectors], help="train (or load from cache) the reference models")
+    add_run_flags(p, task)
+    p.set_defaults(func=functools.partial(cmd_train, task=task))
 
-    p = sub.add_parser("unlearn", help="one Scissorhands run, evaluated against original and retrain")
-    p.add_argument("--task", choices=("classification", "diffusion"), default="classification",
-                   help="classifier unlearning, or class/concept erasure from a diffusion model")
-    _add_run_flags(p, with_method=True)
-    from orchestrator.diffusion.cli import add_diffusion_flags
-
-    add_diffusion_flags(p)  # flags shared with the classifier (--seed, --lr, ...) are reused
+    p = sub.add_parser("unlearn", parents=[selectors], help="one unlearning run, evaluated against its references")
+    p.add_argument("--method", default=task.default_method,
+                   help=f"{' | '.join(list_methods(task.name))} (--method NAME --help lists its knobs)")
+    add_run_flags(p, task, method)
     p.add_argument("--json", default=None, help="write the result JSON here")
-    p.set_defaults(func=cmd_unlearn)
+    p.set_defaults(func=functools.partial(cmd_unlearn, task=task, method=method))
 
     storage_help = "folder holding sweeps (and the default MLflow store): ./runs"
     p = sub.add_parser("sweep", help="Ray Tune + Optuna multi-objective sweep over a search space YAML")
@@ -278,8 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    selectors = argparse.ArgumentParser(add_help=False)
+    selectors.add_argument("--task", default="classification")
+    selectors.add_argument("--method", default=None)
+    chosen, _ = selectors.parse_known_args(argv)
     try:
+        args = build_parser(chosen.task, chosen.method).parse_args(argv)
         return args.func(args)
     except UserError as exc:
         print(f"scissorhands: error: {exc}", file=sys.stderr)

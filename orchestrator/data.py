@@ -59,7 +59,7 @@ def _to_nchw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8))
 
 
-def _make(name, x_tr, y_tr, x_te, y_te, natural: bool) -> Dataset:
+def make_dataset(name, x_tr, y_tr, x_te, y_te, natural: bool) -> Dataset:
     y_tr = torch.from_numpy(np.asarray(y_tr, dtype=np.int64))
     y_te = torch.from_numpy(np.asarray(y_te, dtype=np.int64))
     num_classes = int(max(y_tr.max(), y_te.max() if len(y_te) else 0)) + 1
@@ -75,7 +75,7 @@ def load_mnist5k(test_fraction: float = 0.2, split_seed: int = 0) -> Dataset:
         raw = np.loadtxt(f, delimiter=",", dtype=np.float32)
     x = raw[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
     y = raw[:, -1].astype(np.int64)
-    return _make("mnist5k", *_split(x, y, test_fraction, split_seed), natural=False)
+    return make_dataset("mnist5k", *_split(x, y, test_fraction, split_seed), natural=False)
 
 
 def load_cifar10(data_dir: str | Path) -> Dataset:
@@ -102,7 +102,7 @@ def load_cifar10(data_dir: str | Path) -> Dataset:
     x_te, y_te = read(test_file)
     x_tr = np.concatenate([p[0] for p in parts])
     y_tr = np.concatenate([p[1] for p in parts])
-    return _make("cifar10", x_tr, y_tr, x_te, y_te, natural=True)
+    return make_dataset("cifar10", x_tr, y_tr, x_te, y_te, natural=True)
 
 
 def load_npz(path: str | Path, test_fraction: float = 0.2, split_seed: int = 0) -> Dataset:
@@ -130,8 +130,8 @@ def load_npz(path: str | Path, test_fraction: float = 0.2, split_seed: int = 0) 
         x_te, y_te = check("x_test", "y_test")
         if x_te.shape[1:] != x.shape[1:]:
             raise UserError(f"npz:{path}: x_test shape {x_te.shape[1:]} differs from x {x.shape[1:]}")
-        return _make(f"npz:{path}", x, y, x_te, y_te, natural=False)
-    return _make(f"npz:{path}", *_split(x, y, test_fraction, split_seed), natural=False)
+        return make_dataset(f"npz:{path}", x, y, x_te, y_te, natural=False)
+    return make_dataset(f"npz:{path}", *_split(x, y, test_fraction, split_seed), natural=False)
 
 
 def load_dataset(name: str, data_dir: str | None = None, split_seed: int = 0) -> Dataset:

@@ -13,7 +13,7 @@ CORE_METRICS = ("UA", "RA", "TA", "MIA")
 MIA_VARIANTS = ("confidence", "correctness", "entropy", "m_entropy", "prob")
 
 
-def _acc(probs: torch.Tensor, y: torch.Tensor) -> float:
+def top1_accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * float((probs.argmax(1) == y).float().mean()) if len(y) else float("nan")
 
 
@@ -62,9 +62,9 @@ def evaluate(model: nn.Module, data: UnlearnData) -> dict[str, float]:
     p_retain = predict_proba(model, data.x_retain)
     p_test = predict_proba(model, x_test)
     metrics = {
-        "UA": 100.0 - _acc(p_forget, data.y_forget),
-        "RA": _acc(p_retain, data.y_retain),
-        "TA": _acc(p_test, y_test),
+        "UA": 100.0 - top1_accuracy(p_forget, data.y_forget),
+        "RA": top1_accuracy(p_retain, data.y_retain),
+        "TA": top1_accuracy(p_test, y_test),
     }
     n_members = min(len(y_test), len(data.y_retain))
     members = (p_retain[:n_members].numpy(), data.y_retain[:n_members].numpy())

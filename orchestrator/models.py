@@ -6,6 +6,7 @@ the model (buffers), so a saved model is usable on raw [0, 1] images.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -103,4 +104,17 @@ def build_model(name: str, in_channels: int, num_classes: int, width: int | None
     width = width or info.default_width
     if width < 1:
         raise UserError(f"--width {width}: must be a positive integer")
-    return info.build(in_channels, num_classes, width)
+    model = info.build(in_channels, num_classes, width)
+    model.late_layers = info.late_layers
+    return model
+
+
+def late_layers(model: nn.Module) -> tuple[str, ...]:
+    """The modules Scissorhands trims and projects by default: the model's ``late_layers``
+    if it declares them (the built-in ResNets do), else the last third of its conv / linear
+    modules in module order."""
+    declared = getattr(model, "late_layers", None)
+    if declared:
+        return tuple(declared)
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return tuple(names[len(names) - math.ceil(len(names) / 3):])

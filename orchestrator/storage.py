@@ -1,38 +1,58 @@
-"""Atomic file writes (temp file in the same folder + fsync + rename) and content hashing."""
+"""The package's one atomic writer and one file lock, plus content hashing.
+
+Every file the tool writes goes through :func:`atomic_write`: a uniquely named sibling temp
+file (normal permissions, unlike mkstemp's 0600), fsynced, renamed over the target, and the
+directory entry fsynced; a reader sees the old or the new file, never a partial one.
+"""
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import io
 import json
 import os
-import sys
-import tempfile
+import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
-BUILD_LOG_ENV = "SCISSORHANDS_BUILD_LOG"  # optional file that gets one line per model trained
+from filelock import FileLock
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def temp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """``write(tmp)`` fills a sibling temp file, which then replaces ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = temp_sibling(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(str(tmp))
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+    dfd = os.open(path.parent, os.O_RDONLY)  # persist the rename itself
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return path
 
 
-def atomic_write_json(path: str | Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_json(path: str | Path, obj) -> Path:
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def file_lock(path: str | Path) -> FileLock:
+    """Exclusive lock across processes (released by the kernel even if the holder is killed)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path))
 
 
 def sha256_file(path: str | Path) -> str:
@@ -45,55 +65,3 @@ def sha256_file(path: str | Path) -> str:
 
 def content_key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-@contextlib.contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
-    """Exclusive lock across processes (e.g. two runs building the same reference)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def load_checkpoint(entry: Path, model) -> dict | None:
-    """Load ``entry/model.pt`` into ``model`` if its sha256 matches ``entry/meta.json``; return the meta.
-
-    None when the entry is missing or unreadable: anything corrupt is rebuilt, never loaded.
-    """
-    import torch
-
-    meta_file, weights = entry / "meta.json", entry / "model.pt"
-    try:
-        meta = json.loads(meta_file.read_text())
-        if sha256_file(weights) != meta["sha256"]:
-            raise ValueError("checksum mismatch")
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        return meta
-    except FileNotFoundError:
-        return None
-    except Exception as exc:
-        print(f"warning: cache entry {entry} is corrupt ({exc}); rebuilding it", file=sys.stderr)
-        return None
-
-
-def save_checkpoint(kind: str, entry: Path, model, meta: dict) -> dict:
-    """Store ``model`` as ``entry/model.pt`` plus a manifest with its sha256, both atomically.
-
-    The manifest goes last, so a crash in between leaves an entry that fails verification.
-    """
-    import torch
-
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    atomic_write_bytes(entry / "model.pt", buf.getvalue())
-    meta = {"sha256": sha256_file(entry / "model.pt"), **meta}
-    atomic_write_json(entry / "meta.json", meta)
-    if os.environ.get(BUILD_LOG_ENV):
-        with open(os.environ[BUILD_LOG_ENV], "a") as log:
-            log.write(f"{kind} {entry.name}\n")
-    return meta

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from orchestrator.errors import DivergenceError
+from orchestrator.errors import DivergenceError, UserError
 
 
 def set_threads() -> int:
@@ -50,6 +50,33 @@ def batches(
     for start in range(0, len(y), batch_size):
         idx = order[start : start + batch_size]
         yield x[idx], y[idx]
+
+
+def shuffled(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches of one shuffled pass over n samples."""
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def cycle(make_epoch: Callable[[], Iterator]) -> Iterator:
+    """Endless batches: a new shuffled pass each time the previous one is exhausted."""
+    while True:
+        empty = True
+        for item in make_epoch():
+            empty = False
+            yield item
+        if empty:
+            return
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto | cpu | cuda; cuda without a visible device is a clear error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible; allowed here: auto, cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def check_finite(loss: torch.Tensor, where: str, hint: str) -> None:

@@ -9,7 +9,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from orchestrator.config import RunConfig, ScissorhandsConfig, TrainRecipe  # noqa: E402
+from orchestrator.config import RunConfig, TrainRecipe  # noqa: E402
+from orchestrator.methods.scissorhands import ScissorhandsConfig  # noqa: E402
 
 # Small but real: ResNet-8 at width 8 on the bundled MNIST digits trains to ~95% in a few epochs.
 TINY_RECIPE = TrainRecipe(epochs=4, lr=0.1, batch_size=128)
@@ -17,7 +18,7 @@ TINY_RECIPE = TrainRecipe(epochs=4, lr=0.1, batch_size=128)
 
 def tiny_config(forget: str = "class:3", seed: int = 0, **method) -> RunConfig:
     return RunConfig(
-        model="resnet8", width=8, forget=forget, seed=seed, recipe=TINY_RECIPE, method=ScissorhandsConfig(**method)
+        model="resnet8", width=8, forget=forget, seed=seed, recipe=TINY_RECIPE, knobs=ScissorhandsConfig(**method)
     )
 
 

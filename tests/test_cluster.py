@@ -55,7 +55,7 @@ def tiny_references(tmp_path_factory, _booting_server):
     so a copy under any sweep's references/ is a cache hit and the sweep skips training).
     Requests the server only so that it boots while the references train."""
     from orchestrator.sweep.spec import load_spec
-    from orchestrator.sweep.tuner import build_references
+    from orchestrator.sweep.summary import build_references
 
     root = tmp_path_factory.mktemp("tiny-references")
     space = root / "tiny.yaml"
@@ -180,10 +180,10 @@ def test_model_artifact_downloads_from_server_and_reproduces_ta(spread_sweep, tm
     import mlflow
     import torch
 
-    from orchestrator.evaluation import _acc
+    from orchestrator.evaluation import top1_accuracy
     from orchestrator.sweep.spec import load_spec
     from orchestrator.training import predict_proba
-    from orchestrator.trial import prepare
+    from orchestrator.tasks.classification import prepare
 
     row = spread_sweep.df.iloc[0]
     run = spread_sweep.client.get_run(row["mlflow_run_id"])
@@ -201,7 +201,7 @@ def test_model_artifact_downloads_from_server_and_reproduces_ta(spread_sweep, tm
     assert probs.shape == (len(y_test), 10)
     # One seed: the run's TA is this model's test accuracy (one borderline prediction of slack
     # for a different thread count than in the trial).
-    assert abs(_acc(probs, y_test) - run.data.metrics["TA"]) <= 100.0 / len(y_test) + 1e-9
+    assert abs(top1_accuracy(probs, y_test) - run.data.metrics["TA"]) <= 100.0 / len(y_test) + 1e-9
 
 
 def _download_model(client: MlflowClient, uri: str, run, dst: Path) -> str:

@@ -76,9 +76,9 @@ def test_forget_class_not_in_data_and_whole_training_set():
 
 
 def load_dataset_from_arrays(x, y):
-    from orchestrator.data import _make
+    from orchestrator.data import make_dataset
 
-    return _make("arrays", x, y, x[:2], y[:2], natural=False)
+    return make_dataset("arrays", x, y, x[:2], y[:2], natural=False)
 
 
 def _write_cifar_batch(path, n, seed):

@@ -5,9 +5,7 @@ in a few minutes on 2 CPU cores; the acceptance-size numbers live in the report,
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import dataclasses
 import json
 from pathlib import Path
 
@@ -17,14 +15,17 @@ import torch.nn.functional as F
 
 from orchestrator.diffusion.config import ClassifierRecipe, DiffusionRunConfig, GeneratorRecipe, with_knobs
 from orchestrator.errors import UserError
+from orchestrator.methods import get_method
+from orchestrator.methods.scissorhands_diffusion import ScissorhandsDiffusionConfig
+from orchestrator.trial import run_unlearning
 
 TINY = DiffusionRunConfig(
     image_size=8,
     generator=GeneratorRecipe(widths=(16, 32), attention_head_dim=8, steps=250, batch_size=32, warmup_steps=20,
                               ema_decay=0.98),
     classifier=ClassifierRecipe(epochs=3),
-    score_batches=2, score_batch_size=32, trim_ratio=0.01,
-    epochs=2, steps_per_epoch=6, batch_size=32, lr=1e-3,
+    knobs=ScissorhandsDiffusionConfig(score_batches=2, score_batch_size=32, trim_ratio=0.01,
+                                      epochs=2, steps_per_epoch=6, batch_size=32, lr=1e-3),
     samples_per_class=4, ddim_steps=8, grid_columns=4, device="cpu",
 )
 
@@ -45,13 +46,11 @@ def cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_run(cache, tmp_path_factory):
     """One full tiny run (trains the classifier and both generators into ``cache``)."""
-    from orchestrator.diffusion.run import run_diffusion_unlearning
-
     log = tmp_path_factory.mktemp("log") / "builds.txt"
     mp = pytest.MonkeyPatch()
     mp.setenv("SCISSORHANDS_BUILD_LOG", str(log))
     epochs = []
-    result = run_diffusion_unlearning(TINY, cache, progress=False, on_epoch=epochs.append)
+    result = run_unlearning(TINY, cache, progress=False, on_epoch=epochs.append)
     yield result, epochs, log
     mp.undo()
 
@@ -93,10 +92,10 @@ def test_validate_prompt_mode(tmp_path):
     with pytest.raises(UserError, match="--forget-prompt"):
         base.validate()
     with pytest.raises(UserError, match="--anchor-prompt"):
-        dataclasses.replace(base, forget_prompts=("a cat",)).validate()
+        with_knobs(base, forget_prompts=("a cat",)).validate()
     with pytest.raises(UserError, match="must differ"):
-        dataclasses.replace(base, forget_prompts=("a cat",), anchor_prompt="a cat").validate()
-    dataclasses.replace(base, forget_prompts=("a cat",), anchor_prompt="a dog", trim_modules=("attn2",)).validate()
+        with_knobs(base, forget_prompts=("a cat",), anchor_prompt="a cat").validate()
+    with_knobs(base, forget_prompts=("a cat",), anchor_prompt="a dog", trim_modules=("attn2",)).validate()
     with pytest.raises(UserError, match="model_index.json"):
         DiffusionRunConfig(pretrained=str(tmp_path / ".."), forget_prompts=("x",), anchor_prompt="y").validate()
 
@@ -108,57 +107,49 @@ def test_defaults_validate_and_round_trip():
     assert again == cfg
     changed = with_knobs(cfg, trim_ratio=0.01, trim_modules=["all"], gen_steps=10, clf_epochs=1, projection=True)
     assert DiffusionRunConfig.from_dict(json.loads(json.dumps(changed.to_dict()))) == changed
-    assert changed.trim_modules == ("all",) and changed.generator.steps == 10 and changed.classifier.epochs == 1
-    with pytest.raises(UserError, match="unknown diffusion knob 'trim_ratios'"):
+    assert changed.knobs.trim_modules == ("all",) and changed.generator.steps == 10 and changed.classifier.epochs == 1
+    with pytest.raises(UserError, match=r"unknown diffusion knob\(s\) \['trim_ratios'\]"):
         with_knobs(cfg, trim_ratios=0.1)
     with pytest.raises(UserError, match="unknown diffusion config key"):
         DiffusionRunConfig.from_dict({"nope": 1})
 
 
-def test_cli_flags_build_the_config_and_reuse_existing_flags():
-    from orchestrator.diffusion.cli import add_diffusion_flags, diffusion_config_from_args
+def test_cli_flags_build_the_config():
+    from orchestrator.cli import build_parser, run_config
+    from orchestrator.tasks import get_task
 
-    parser = argparse.ArgumentParser()
-    add_diffusion_flags(parser)
-    assert diffusion_config_from_args(parser.parse_args([])) == DiffusionRunConfig()
-    args = parser.parse_args(
-        "--forget class:5 --trim-modules attn1_up up_blocks\\.0\\. --projection --gen-widths 16 32 "
-        "--gen-steps 7 --clf-epochs 2 --anchor-class 1 --lr 0.001 --repair ascent".split()
-    )
-    cfg = diffusion_config_from_args(args)
-    assert (cfg.forget, cfg.trim_modules, cfg.projection, cfg.generator.widths, cfg.generator.steps) == (
+    task, method = get_task("diffusion"), get_method("scissorhands_diffusion")
+
+    def config(argv: str):
+        args = build_parser("diffusion").parse_args(["unlearn", "--task", "diffusion", *argv.split()])
+        return run_config(args, task, method)
+
+    assert config("") == DiffusionRunConfig()
+    cfg = config("--forget class:5 --trim-modules attn1_up up_blocks\\.0\\. --projection --gen-widths 16 32 "
+                 "--gen-steps 7 --clf-epochs 2 --anchor-class 1 --lr 0.001 --repair ascent --seed 3")
+    k = cfg.knobs
+    assert (cfg.forget, k.trim_modules, k.projection, cfg.generator.widths, cfg.generator.steps) == (
         "class:5", ("attn1_up", "up_blocks\\.0\\."), True, (16, 32), 7)
-    assert (cfg.classifier.epochs, cfg.anchor_class, cfg.lr, cfg.repair) == (2, 1, 0.001, "ascent")
+    assert (cfg.classifier.epochs, k.anchor_class, k.lr, k.repair, cfg.seed) == (2, 1, 0.001, "ascent", 3)
+    assert config("--projection false").knobs.projection is False
 
-    # a parser that already has the classifier task's flags: they are shared, not duplicated
-    shared = argparse.ArgumentParser()
-    shared.add_argument("--seed", type=int, default=0)
-    shared.add_argument("--lr", type=float, default=None, dest="lr")
-    shared.add_argument("--trim-ratio", type=float, default=None, dest="trim_ratio")
-    add_diffusion_flags(shared)
-    cfg = diffusion_config_from_args(shared.parse_args(["--lr", "0.01", "--trim-ratio", "0.02", "--seed", "3"]))
-    assert (cfg.lr, cfg.trim_ratio, cfg.seed) == (0.01, 0.02, 3)
-
-    prompts = parser.parse_args(["--forget-prompt", "a cat", "--forget-prompt", "a kitten", "--anchor-prompt", "a dog"])
-    cfg = dataclasses.replace(diffusion_config_from_args(prompts))  # class mode still validates
-    assert cfg.forget_prompts == ("a cat", "a kitten") and cfg.anchor_prompt == "a dog"
+    prompts = config("--forget-prompt a --forget-prompt b --anchor-prompt c")
+    assert prompts.forget_prompts == ("a", "b") and prompts.anchor_prompt == "c"
     with pytest.raises(UserError, match="--repair 'x'"):
-        diffusion_config_from_args(parser.parse_args(["--repair", "x"]))
+        config("--repair x")
 
 
 def test_format_table():
-    from orchestrator.diffusion.cli import format_diffusion_table
+    from orchestrator.tasks import get_task
 
+    format_table = get_task("diffusion").format_table
     block = {"forget_acc": 96.0, "retained_acc": 95.5, "fid": 1.25}
-    text = format_diffusion_table({"original": block, "retrain": block, "unlearned": block | {"RTE_s": 3.0}})
+    text = format_table({"original": block, "retrain": block, "unlearned": block | {"RTE_s": 3.0}})
     assert "forget_acc" in text and "unlearned" in text and "95.50" in text
     sd = {"original": {"forget_anchor_gap": 0.1, "forget_loss": 1.0, "retain_loss": 1.0}, "retrain": None,
           "unlearned": {"forget_anchor_gap": 0.01, "forget_loss": 1.0, "retain_loss": 1.0, "retain_drift": 0.1,
                         "RTE_s": 1.0, "gap_ratio": 0.1}}
-    assert "gap" in format_diffusion_table(sd)
-
-
-# ------------------------------------------------------------------------------------------ math
+    assert "gap" in format_table(sd)
 
 
 def test_frechet_distance_matches_closed_form():
@@ -267,7 +258,7 @@ def test_end_to_end_report_artifacts_and_history(tiny_run):
     assert report["unlearned"]["RTE_s"] > 0
     assert report["config"]["method"] == "scissorhands_diffusion"
     json.dumps(report)  # the JSON contract is serialisable as is
-    assert DiffusionRunConfig.from_dict({k: v for k, v in report["config"].items() if k not in ("method", "task")}) == TINY
+    assert DiffusionRunConfig.from_dict({k: v for k, v in report["config"].items() if k != "task"}) == TINY
     # per-class accuracies for every class, the forget class included
     assert set(result.extras["unlearned"]["per_class_acc"]) == {str(c) for c in range(10)}
     # sample grids: one PNG per model, 10 rows of grid_columns samples
@@ -278,8 +269,9 @@ def test_end_to_end_report_artifacts_and_history(tiny_run):
         img = Image.open(path)
         assert img.size == (2 * TINY.grid_columns * (TINY.image_size + 1), 2 * 10 * (TINY.image_size + 1))
     # on_epoch got one dict of floats per repair epoch, the same the history holds
-    assert len(epochs) == TINY.epochs == len(result.history)
-    assert all(isinstance(v, float) for rec in epochs for v in rec.values())
+    assert len(epochs) == TINY.knobs.epochs == len(result.history)
+    assert [rec["epoch"] for rec in epochs] == list(range(TINY.knobs.epochs))
+    assert all(isinstance(v, float) for rec in epochs for k, v in rec.items() if k != "epoch")
     assert epochs == result.history
     # the classifier the metrics rely on is a real one
     assert result.extras["classifier"]["test_acc"] > 80.0
@@ -289,12 +281,10 @@ def test_end_to_end_report_artifacts_and_history(tiny_run):
 
 @pytest.mark.slow
 def test_second_run_reuses_cache_and_is_deterministic(tiny_run, cache):
-    from orchestrator.diffusion.run import run_diffusion_unlearning
-
     first, _, log = tiny_run
     builds_before = log.read_text()
     rng_before = torch.get_rng_state()
-    second = run_diffusion_unlearning(TINY, cache, progress=False)
+    second = run_unlearning(TINY, cache, progress=False)
     assert log.read_text() == builds_before  # nothing retrained
     assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is untouched
     for role in ("original", "retrain", "unlearned"):
@@ -304,7 +294,7 @@ def test_second_run_reuses_cache_and_is_deterministic(tiny_run, cache):
     assert first.extras["unlearned"]["per_class_acc"] == second.extras["unlearned"]["per_class_acc"]
     # a different seed is a different run (forget batches, re-init draws, references)
     other = with_knobs(TINY, eval_seed=1)
-    third = run_diffusion_unlearning(other, cache, progress=False)
+    third = run_unlearning(other, cache, progress=False)
     assert log.read_text() == builds_before  # the evaluation seed does not touch the references
     assert third.report["unlearned"] != second.report["unlearned"]
 
@@ -313,13 +303,11 @@ def test_second_run_reuses_cache_and_is_deterministic(tiny_run, cache):
 def test_corrupt_cache_entry_is_rebuilt(tiny_run, cache, capfd):
     """Generators and classifier share one loader: a truncated entry is rebuilt, never loaded.
     (The classifier is the cheap one to rebuild.)"""
-    from orchestrator.diffusion.run import run_diffusion_unlearning
-
     first, _, log = tiny_run
     entry = Path(first.extras["classifier"]["path"])
     weights = entry / "model.pt"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated, as by a crash mid-write without atomic rename
-    again = run_diffusion_unlearning(TINY, cache, progress=False)
+    again = run_unlearning(TINY, cache, progress=False)
     assert "corrupt" in capfd.readouterr().err
     assert log.read_text().splitlines()[-1].startswith("diffusion-classifier")
     assert json.loads((entry / "meta.json").read_text())["sha256"]
@@ -330,14 +318,11 @@ def test_corrupt_cache_entry_is_rebuilt(tiny_run, cache, capfd):
 
 @pytest.mark.slow
 def test_trimming_touches_only_selected_modules(tiny_run):
-    from orchestrator.methods import METHODS
-    import orchestrator.methods.scissorhands_diffusion  # noqa: F401
-
     for modules in (("attn1_up",), (r"^up_blocks\.1\.resnets\.0\.conv1\.weight$", "attn1_up")):
         unet = _original(tiny_run)
         before = {n: p.detach().clone() for n, p in unet.named_parameters()}
-        cfg = dataclasses.replace(TINY, trim_modules=modules, epochs=0, trim_ratio=0.05)
-        res = METHODS["scissorhands_diffusion"](unet, _task(cfg), cfg, torch.Generator().manual_seed(0))
+        cfg = with_knobs(TINY, trim_modules=modules, epochs=0, trim_ratio=0.05)
+        res = get_method("scissorhands_diffusion").run(unet, _task(cfg), cfg.knobs, torch.Generator().manual_seed(0))
         selected = set(res.stats["trimmed_params"])
         changed = {n for n, p in unet.named_parameters() if not torch.equal(p, before[n])}
         assert changed and changed <= selected, changed - selected
@@ -350,11 +335,9 @@ def test_trimming_touches_only_selected_modules(tiny_run):
 def test_default_threshold_is_the_global_kth_score_over_the_whole_unet(monkeypatch):
     """Reference SD code: one threshold over the scores of ALL UNet parameters; only the trimmed modules change."""
     import kernels
-    import orchestrator.methods.scissorhands_diffusion  # noqa: F401
     from orchestrator.diffusion.unet import build_class_unet, select_parameters
-    from orchestrator.methods import METHODS
 
-    assert TINY.threshold_scope == DiffusionRunConfig().threshold_scope == "all"
+    assert TINY.knobs.threshold_scope == DiffusionRunConfig().knobs.threshold_scope == "all"
     select = kernels.select_threshold
     seen = {}
 
@@ -364,7 +347,7 @@ def test_default_threshold_is_the_global_kth_score_over_the_whole_unet(monkeypat
         return select(weights, grad_sums, n_select, backend=backend)
 
     monkeypatch.setattr(kernels, "select_threshold", spy)
-    cfg = dataclasses.replace(TINY, epochs=0, score_batches=1)
+    cfg = with_knobs(TINY, epochs=0, score_batches=1)
     task = _task(cfg)
     tau = {}
     for scope in ("all", "trimmed"):
@@ -373,12 +356,12 @@ def test_default_threshold_is_the_global_kth_score_over_the_whole_unet(monkeypat
             unet = build_class_unet(cfg.generator, cfg.image_size, 1, 10)
         params = list(unet.parameters())
         before = [p.detach().clone() for p in params]
-        res = METHODS["scissorhands_diffusion"](
-            unet, task, dataclasses.replace(cfg, threshold_scope=scope), torch.Generator().manual_seed(0))
+        res = get_method("scissorhands_diffusion").run(
+            unet, task, with_knobs(cfg, threshold_scope=scope).knobs, torch.Generator().manual_seed(0))
         tau[scope] = res.stats["tau"]
         assert res.stats["tau"] == seen["kth"]
         named = dict(unet.named_parameters())
-        ranked = params if scope == "all" else [named[n] for n in select_parameters(unet, cfg.trim_modules)]
+        ranked = params if scope == "all" else [named[n] for n in select_parameters(unet, cfg.knobs.trim_modules)]
         assert [id(p) for p in seen["weights"]] == [id(p) for p in ranked]
         assert res.stats["n_scored"] == sum(p.numel() for p in ranked)
         changed = {n for (n, p), b in zip(unet.named_parameters(), before) if not torch.equal(p, b)}
@@ -388,12 +371,10 @@ def test_default_threshold_is_the_global_kth_score_over_the_whole_unet(monkeypat
 
 @pytest.mark.slow
 def test_threshold_over_all_parameters_still_trims_only_selected(tiny_run):
-    from orchestrator.methods import METHODS
-
     unet = _original(tiny_run)
     before = {n: p.detach().clone() for n, p in unet.named_parameters()}
-    cfg = dataclasses.replace(TINY, epochs=0, trim_ratio=0.2)  # default scope: the whole UNet
-    res = METHODS["scissorhands_diffusion"](unet, _task(cfg), cfg, torch.Generator().manual_seed(0))
+    cfg = with_knobs(TINY, epochs=0, trim_ratio=0.2)  # default scope: the whole UNet
+    res = get_method("scissorhands_diffusion").run(unet, _task(cfg), cfg.knobs, torch.Generator().manual_seed(0))
     changed = {n for n, p in unet.named_parameters() if not torch.equal(p, before[n])}
     assert changed <= set(res.stats["trimmed_params"])
     assert res.stats["n_scored"] == sum(p.numel() for p in unet.parameters())
@@ -416,32 +397,30 @@ def _probe_gap(unet, task, anchor: int, seed: int = 0):
 
 @pytest.mark.slow
 def test_anchor_repair_maps_forget_onto_anchor_and_ascent_raises_forget_loss(tiny_run):
-    from orchestrator.methods import METHODS
-
     original = _original(tiny_run)
     task = _task(TINY, anchor_class=8)
     gap0, loss0 = _probe_gap(original, task, 8)
 
-    cfg = dataclasses.replace(TINY, anchor_class=8, forget_weight=1.0, epochs=2, steps_per_epoch=15, projection=True)
-    res = METHODS["scissorhands_diffusion"](copy.deepcopy(original), task, cfg, torch.Generator().manual_seed(0))
+    cfg = with_knobs(TINY, anchor_class=8, forget_weight=1.0, epochs=2, steps_per_epoch=15, projection=True)
+    res = get_method("scissorhands_diffusion").run(copy.deepcopy(original), task, cfg.knobs,
+                                                   torch.Generator().manual_seed(0))
     gap1, _ = _probe_gap(res.model, task, 8)
     assert gap1 < 0.5 * gap0, (gap0, gap1)
     assert all(0.0 <= h["projection_rate"] <= 1.0 for h in res.history)
 
-    cfg = dataclasses.replace(TINY, repair="ascent", forget_weight=0.5, epochs=1, steps_per_epoch=15)
-    res = METHODS["scissorhands_diffusion"](copy.deepcopy(original), task, cfg, torch.Generator().manual_seed(0))
+    cfg = with_knobs(TINY, repair="ascent", forget_weight=0.5, epochs=1, steps_per_epoch=15)
+    res = get_method("scissorhands_diffusion").run(copy.deepcopy(original), task, cfg.knobs,
+                                                   torch.Generator().manual_seed(0))
     _, loss1 = _probe_gap(res.model, task, 8)
     assert loss1 > loss0, (loss0, loss1)
 
 
 @pytest.mark.slow
 def test_bad_run_inputs_fail_before_training(tmp_path):
-    from orchestrator.diffusion.run import run_diffusion_unlearning
-
     with pytest.raises(UserError, match="--anchor-class 42"):
-        run_diffusion_unlearning(dataclasses.replace(TINY, anchor_class=42), tmp_path, progress=False)
+        run_unlearning(with_knobs(TINY, anchor_class=42), tmp_path, progress=False)
     with pytest.raises(UserError, match="class:11.*classes present"):
-        run_diffusion_unlearning(dataclasses.replace(TINY, forget="class:11"), tmp_path, progress=False)
+        run_unlearning(with_knobs(TINY, forget="class:11"), tmp_path, progress=False)
     assert not any(tmp_path.glob("diffusion-*"))  # nothing was trained
 
 
@@ -494,16 +473,15 @@ def test_stable_diffusion_concept_erasure_offline(tmp_path):
     pytest.importorskip("transformers")
     from PIL import Image
 
-    from orchestrator.diffusion.run import run_diffusion_unlearning
-
     pipe_dir = build_tiny_sd(tmp_path)
     cfg = DiffusionRunConfig(
         pretrained=str(pipe_dir), forget_prompts=("a cat", "a kitten"), anchor_prompt="a dog",
-        trim_modules=("attn2",), ddim_steps=4, sd_samples_per_prompt=4, score_batches=2, epochs=2,
-        steps_per_epoch=10, lr=1e-3, device="cpu",
+        ddim_steps=4, sd_samples_per_prompt=4, device="cpu",
+        knobs=ScissorhandsDiffusionConfig(trim_modules=("attn2",), score_batches=2, epochs=2, steps_per_epoch=10,
+                                          lr=1e-3),
     )
     epochs = []
-    result = run_diffusion_unlearning(cfg, tmp_path / "cache", progress=False, on_epoch=epochs.append)
+    result = run_unlearning(cfg, tmp_path / "cache", progress=False, on_epoch=epochs.append)
     report = result.report
     assert report["retrain"] is None
     assert report["original"]["forget_anchor_gap"] > 0
@@ -524,9 +502,7 @@ def test_stable_diffusion_concept_erasure_offline(tmp_path):
 
 def test_stable_diffusion_bad_folder_is_a_user_error(tmp_path):
     pytest.importorskip("transformers")
-    from orchestrator.diffusion.run import run_diffusion_unlearning
-
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     cfg = DiffusionRunConfig(pretrained=str(tmp_path), forget_prompts=("a cat",), anchor_prompt="a dog", device="cpu")
     with pytest.raises(UserError, match="not a loadable StableDiffusionPipeline"):
-        run_diffusion_unlearning(cfg, tmp_path / "cache", progress=False)
+        run_unlearning(cfg, tmp_path / "cache", progress=False)

@@ -30,7 +30,7 @@ def test_classwise_forgetting_erases_the_class_and_keeps_the_rest(tmp_path, shar
     for role in ("original", "retrain"):
         assert set(report[role]) == {"UA", "RA", "TA", "MIA"}
     assert set(report["unlearned"]) == {"UA", "RA", "TA", "MIA", "RTE_s"}
-    assert report["config"]["method"]["trim_ratio"] > 0 and report["config"]["forget"] == "class:3"
+    assert report["config"]["knobs"]["trim_ratio"] > 0 and report["config"]["forget"] == "class:3"
     u, rt = report["unlearned"], report["retrain"]
     assert report["original"]["UA"] < 10, "the original model should know class 3"
     assert u["UA"] >= 90

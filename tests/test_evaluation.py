@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from orchestrator.data import ForgetSpec, _make
+from orchestrator.data import ForgetSpec, make_dataset
 from orchestrator.evaluation import avg_gap, evaluate, mia_efficacy, mia_features
 
 
@@ -26,7 +26,7 @@ def make_data(y_train, y_test, written_train, written_test, forget):
         x[:, 0, 0] = written
         return x
 
-    ds = _make("constructed", images(written_train), y_train, images(written_test), y_test, natural=False)
+    ds = make_dataset("constructed", images(written_train), y_train, images(written_test), y_test, natural=False)
     from orchestrator.data import split_forget
 
     return split_forget(ds, ForgetSpec.parse(forget), seed=0)

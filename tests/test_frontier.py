@@ -157,11 +157,11 @@ def test_plot_frontier_rejects_unknown_metric(tmp_path) -> None:
 
 
 def test_failed_and_pruned_trials_are_left_out_of_the_plot() -> None:
-    from orchestrator.sweep.frontier import _valid_trials
+    from orchestrator.sweep.frontier import valid_trials
 
     df = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "forget_gap": [0.1, 1e6, 0.3, 5.0],
                        "retain_gap": [0.2, 1e6, 0.1, 5.0], "status": ["ok", "pruned", "ok", "failed"]})
-    kept = _valid_trials(df, ["forget_gap", "retain_gap"])
+    kept = valid_trials(df, ["forget_gap", "retain_gap"])
     assert kept["trial_id"].tolist() == ["a", "c"]
 
 

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 
 import kernels
-from orchestrator.config import ScissorhandsConfig
 from orchestrator.data import ForgetSpec, load_mnist5k, split_forget
-from orchestrator.methods.scissorhands import init_specs, matching, sensitivity, trim
+from orchestrator.methods.scissorhands import ScissorhandsConfig, sensitivity, trim
+from orchestrator.methods.shared import init_specs, matching
 from orchestrator.models import build_model
 from orchestrator.training import augment
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import torch
 
 from orchestrator.references import get_reference
-from orchestrator.trial import prepare
+from orchestrator.tasks.classification import prepare
 from tests.conftest import tiny_config
 
 

@@ -7,7 +7,7 @@ import pytest
 from orchestrator.stats import aggregate, paired_improvement, summarize
 from orchestrator.sweep.results import ResultsTable
 from orchestrator.sweep.spec import SweepSpec
-from orchestrator.sweep.tuner import refresh_pareto
+from orchestrator.sweep.callback import refresh_pareto
 
 
 def test_summary_is_the_t_interval_over_seeds():

@@ -123,7 +123,7 @@ def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, ca
     best = df.sort_values("RA", ascending=False).iloc[0]
     from orchestrator.evaluation import evaluate
     from orchestrator.sweep.spec import load_spec
-    from orchestrator.trial import prepare
+    from orchestrator.tasks.classification import prepare
 
     spec = load_spec(tmp_path / "tiny.yaml")
     data = prepare(spec.run_config({"trim_ratio": best["config.trim_ratio"], "lr": best["config.lr"]}, 0))

@@ -1,43 +1,20 @@
 """Typed configuration of a diffusion unlearning run (class erasure or text-concept erasure).
 
-One flat frozen dataclass holds every method and evaluation knob, so a sweep can
-``dataclasses.replace(cfg, **knobs)`` (or :func:`with_knobs`, which names unknown knobs);
-the two reference recipes (generator, classifier) are nested dataclasses.
-
-How the defaults were chosen (mnist5k, forget class:3, 2-core CPU shared with other jobs,
-50 samples per class from fixed noise; full numbers in the issue-6 report):
-- Generator: UNet2DModel 32/64/64, 1 layer per block, attention at the two low-resolution
-  levels (1.16M parameters), AdamW 2e-3 with 100 warm-up steps then cosine decay to 0, EMA
-  0.995, label dropout 0.1. With guidance 2.0 its samples are recognised by the classifier at
-  98.9% (2,000 steps) and 99.1% (1,500 steps; 93% unguided): 1,500 steps is the default, as
-  the cold run (two generators) must fit in 30 minutes.
-- Evaluation: guidance 2.0 (3.0: 99.8% but FID 1.75 vs 0.98), 20 DDIM steps (15 and 25 give
-  the same accuracy).
-- Repair: Adam lr 1e-4 (2e-4 left speckle noise, retained_acc 95.8 vs 99.6), 3 epochs x 40
-  steps, lambda 1, anchor = a random retained class per sample: forget_acc 2-4%, retained_acc
-  within 1 point of the original. A fixed anchor (8) gives 0% (every sample becomes an 8);
-  repairing only the trimmed modules (lr 1e-3) left 12%; ascent with lambda 0.05 did nothing
-  (forget_acc 100%); projection changed little (4%, FID 1.5).
-- trim_ratio 0.005 (the reference's 0.001-0.005), 10 score batches (reference).
-These numbers predate two fixes that made the defaults the reference's (threshold over the
-whole UNet, not the trimmed modules; attn1_up = attentions.1 only, not every attention).
+:class:`DiffusionRunConfig` holds the data, the two reference recipes (generator,
+classifier), evaluation and hardware settings, and names its method; the method's knobs
+are its own config (``knobs``). How the defaults were measured: README, "Diffusion".
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from orchestrator.errors import UserError
+from orchestrator.methods import get_method, method_knobs, tuples
 
-TRIM_PRESETS = ("attn1_up", "attn2", "attn", "all")
-REPAIRS = ("anchor", "ascent")
-REPAIR_MODULES = ("all", "trimmed")
-THRESHOLD_SCOPES = ("all", "trimmed")
-PROJECTION_SCOPES = ("global", "per_layer")
-INITS = ("kaiming_uniform", "zeros")
 DEVICES = ("auto", "cpu", "cuda")
 NOISE_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
 IMAGE_SIZES = (8, 16, 28, 32)
@@ -122,6 +99,26 @@ class DiffusionRunConfig:
     ``anchor_prompt``.
     """
 
+    TASK = "diffusion"
+    NESTED = {"generator": ("gen_", "reference generator recipe"),
+              "classifier": ("clf_", "evaluation classifier recipe")}
+    HELP = {
+        "dataset": "mnist5k | npz:PATH (class erasure)",
+        "forget": "class:K (class erasure; ignored with --pretrained)",
+        "image_size": "generator / classifier image size (8, 16, 28, 32)",
+        "samples_per_class": "generated samples per class for evaluation (same noise for every model)",
+        "guidance_scale": "classifier-free guidance scale for sampling (1 = none)",
+        "ddim_steps": "DDIM sampling steps",
+        "eval_seed": "seed of the fixed evaluation noise",
+        "pretrained": "local diffusers StableDiffusionPipeline folder: erase a text concept instead of a class",
+        "forget_prompts": "prompt to erase (repeatable; with --pretrained)",
+        "anchor_prompt": "prompt the forget prompts are mapped onto (with --pretrained)",
+        "retain_prompts": "prompt to preserve (repeatable; default: the anchor prompt)",
+        "sd_samples_per_prompt": "self-generated latents per prompt (Stable Diffusion data)",
+        "device": " | ".join(DEVICES),
+    }
+    FLAG_NAMES = {"forget_prompts": "--forget-prompt", "retain_prompts": "--retain-prompt"}  # repeatable
+
     # data and references
     dataset: str = "mnist5k"
     data_dir: str | None = None
@@ -131,30 +128,9 @@ class DiffusionRunConfig:
     image_size: int = 16
     generator: GeneratorRecipe = field(default_factory=GeneratorRecipe)
     classifier: ClassifierRecipe = field(default_factory=ClassifierRecipe)
-    # stage 1: scoring
-    score_batches: int = 10
-    score_batch_size: int = 64
-    # stage 2: trimming
-    trim_ratio: float = 0.005
-    trim_modules: tuple[str, ...] = ("attn1_up",)  # presets (attn1_up | attn2 | attn | all) or regexes
-    # all: one threshold over every UNet parameter (reference SD code) | trimmed: rank within trim_modules only
-    threshold_scope: str = "all"
-    init: str = "kaiming_uniform"
-    # stage 3: repair
-    repair: str = "anchor"  # anchor: L_r + lambda * L_u | ascent: L_r - lambda * L_f
-    forget_weight: float = 1.0  # lambda
-    anchor_class: int | None = None  # None: a random retained class per sample
-    repair_modules: str = "all"  # which parameters Adam updates: all | trimmed
-    epochs: int = 3
-    steps_per_epoch: int = 40
-    batch_size: int = 64
-    lr: float = 1e-4  # Adam
-    projection: bool = False
-    projection_strength: float = 0.5
-    projection_eps: float = 1e-3
-    projection_scope: str = "global"
-    project_every: int = 1
-    memory_batches: int = 1
+    # the method and its knobs (None: the method's defaults)
+    method: str = "scissorhands_diffusion"
+    knobs: Any = None
     # evaluation
     samples_per_class: int = 50
     guidance_scale: float = 2.0
@@ -170,6 +146,9 @@ class DiffusionRunConfig:
     # hardware
     device: str = "auto"  # auto | cpu | cuda
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "knobs", method_knobs(self.method, self.knobs, self.TASK))
+
     @property
     def mode(self) -> str:
         return "prompt" if self.pretrained else "class"
@@ -184,55 +163,28 @@ class DiffusionRunConfig:
 
     def validate(self) -> None:
         """Every check that needs no data or model, so bad input fails before any training."""
-        ints_ge1 = ("score_batches", "score_batch_size", "epochs", "steps_per_epoch", "batch_size", "project_every",
-                    "memory_batches", "samples_per_class", "ddim_steps", "grid_columns", "sd_samples_per_prompt")
-        for name in ints_ge1:
+        for name in ("samples_per_class", "ddim_steps", "grid_columns", "sd_samples_per_prompt"):
             value = getattr(self, name)
             _need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                   f"--{name.replace('_', '-')} {value}: must be an integer >= 1")
-        _need(0.0 < self.trim_ratio < 1.0, f"--trim-ratio {self.trim_ratio}: must be in (0, 1)")
-        _need(len(self.trim_modules) > 0, "--trim-modules: give at least one of "
-              f"{', '.join(TRIM_PRESETS)} or a regex on parameter names")
-        for item in self.trim_modules:
-            if item in TRIM_PRESETS:
-                continue
-            try:
-                re.compile(item)
-            except re.error as exc:
-                raise UserError(f"--trim-modules {item!r}: not a preset ({', '.join(TRIM_PRESETS)}) "
-                                f"and not a valid regex ({exc})") from None
-        if self.mode == "class":
-            _need("attn2" not in self.trim_modules,
-                  "--trim-modules attn2: the class-conditional UNet2DModel has no cross-attention "
-                  "(labels enter through the time embedding); allowed there: attn1_up, attn, all or regexes. "
-                  "attn2 applies to --pretrained Stable Diffusion UNets")
-        _need(self.threshold_scope in THRESHOLD_SCOPES,
-              f"--threshold-scope {self.threshold_scope!r}: allowed {', '.join(THRESHOLD_SCOPES)}")
-        _need(self.init in INITS, f"--init {self.init!r}: allowed {', '.join(INITS)}")
-        _need(self.repair in REPAIRS, f"--repair {self.repair!r}: allowed {', '.join(REPAIRS)}")
-        _need(self.forget_weight >= 0 and math.isfinite(self.forget_weight),
-              f"--forget-weight {self.forget_weight}: must be >= 0")
-        _need(self.repair_modules in REPAIR_MODULES,
-              f"--repair-modules {self.repair_modules!r}: allowed {', '.join(REPAIR_MODULES)}")
-        _need(self.lr > 0 and math.isfinite(self.lr), f"--lr {self.lr}: must be a positive number")
-        _need(self.projection_strength >= 0, f"--projection-strength {self.projection_strength}: must be >= 0")
-        _need(self.projection_eps > 0, f"--projection-eps {self.projection_eps}: must be > 0")
-        _need(self.projection_scope in PROJECTION_SCOPES,
-              f"--projection-scope {self.projection_scope!r}: allowed {', '.join(PROJECTION_SCOPES)}")
+        self.knobs.validate()
         _need(self.guidance_scale >= 0 and math.isfinite(self.guidance_scale),
               f"--guidance-scale {self.guidance_scale}: must be >= 0 (1 = no guidance, 0 = unconditional)")
         _need(self.device in DEVICES, f"--device {self.device!r}: allowed {', '.join(DEVICES)}")
+        anchor_class = getattr(self.knobs, "anchor_class", None)
         if self.mode == "class":
+            _need("attn2" not in getattr(self.knobs, "trim_modules", ()),
+                  "--trim-modules attn2: the class-conditional UNet2DModel has no cross-attention "
+                  "(labels enter through the time embedding); allowed there: attn1_up, attn, all or regexes. "
+                  "attn2 applies to --pretrained Stable Diffusion UNets")
             _need(self.image_size in IMAGE_SIZES, f"--image-size {self.image_size}: allowed "
                   f"{', '.join(map(str, IMAGE_SIZES))}")
             down = 2 ** (len(self.generator.widths) - 1)
             _need(self.image_size % down == 0, f"--image-size {self.image_size}: must be divisible by {down} "
                   f"for {len(self.generator.widths)} UNet levels (--gen-widths {self.generator.widths})")
             self.forget_class()
-            _need(self.anchor_class is None or self.anchor_class >= 0,
-                  f"--anchor-class {self.anchor_class}: must be a class index >= 0 (or unset: random retained class)")
-            _need(self.anchor_class is None or self.anchor_class != self.forget_class(),
-                  f"--anchor-class {self.anchor_class}: must differ from the forgotten class ({self.forget})")
+            _need(anchor_class is None or anchor_class != self.forget_class(),
+                  f"--anchor-class {anchor_class}: must differ from the forgotten class ({self.forget})")
             self.generator.validate()
             self.classifier.validate()
         else:
@@ -257,14 +209,12 @@ class DiffusionRunConfig:
         if unknown:
             raise UserError(f"unknown diffusion config key(s) {unknown}; allowed: {', '.join(DIFFUSION_KNOBS)}")
         gen = dict(d.pop("generator", None) or {})
-        if "widths" in gen:
-            gen["widths"] = tuple(gen["widths"])
         clf = dict(d.pop("classifier", None) or {})
-        for key in ("trim_modules", "forget_prompts", "retain_prompts"):
+        for key in ("forget_prompts", "retain_prompts"):
             if key in d and d[key] is not None:
                 d[key] = (d[key],) if isinstance(d[key], str) else tuple(d[key])
         try:
-            return cls(generator=GeneratorRecipe(**gen), classifier=ClassifierRecipe(**clf), **d)
+            return cls(generator=GeneratorRecipe(**tuples(gen)), classifier=ClassifierRecipe(**clf), **d)
         except TypeError as exc:
             raise UserError(f"bad diffusion config: {exc}") from None
 
@@ -272,28 +222,28 @@ class DiffusionRunConfig:
 DIFFUSION_KNOBS = tuple(f.name for f in fields(DiffusionRunConfig))
 GENERATOR_KNOBS = tuple(f.name for f in fields(GeneratorRecipe))
 CLASSIFIER_KNOBS = tuple(f.name for f in fields(ClassifierRecipe))
-# Knobs that change only the unlearning run (not the cached references): what a sweep searches.
-METHOD_KNOBS = (
-    "score_batches", "score_batch_size", "trim_ratio", "trim_modules", "threshold_scope", "init", "repair",
-    "forget_weight", "anchor_class", "repair_modules", "epochs", "steps_per_epoch", "batch_size", "lr",
-    "projection", "projection_strength", "projection_eps", "projection_scope", "project_every", "memory_batches",
-)
 
 
 def with_knobs(cfg: DiffusionRunConfig, **knobs) -> DiffusionRunConfig:
-    """``replace`` that names unknown knobs; ``gen_X`` / ``clf_X`` set recipe fields."""
-    top, gen, clf = {}, {}, {}
+    """``replace`` that names unknown knobs: ``gen_X`` / ``clf_X`` set recipe fields, run
+    fields set themselves, anything else is a knob of the config's method."""
+    top, gen, clf, method = {}, {}, {}, {}
     for key, value in knobs.items():
         if key.startswith("gen_") and key[4:] in GENERATOR_KNOBS:
             gen[key[4:]] = value
         elif key.startswith("clf_") and key[4:] in CLASSIFIER_KNOBS:
             clf[key[4:]] = value
-        elif key in DIFFUSION_KNOBS and key not in ("generator", "classifier"):
+        elif key in DIFFUSION_KNOBS and key not in ("generator", "classifier", "knobs", "method"):
             top[key] = value
         else:
-            raise UserError(f"unknown diffusion knob {key!r}; allowed: {', '.join(METHOD_KNOBS)} "
-                            f"(and any of {', '.join(DIFFUSION_KNOBS)}, gen_*, clf_*)")
-    for key in ("trim_modules", "forget_prompts", "retain_prompts"):
+            method[key] = value
+    for key in ("forget_prompts", "retain_prompts"):
         if key in top and isinstance(top[key], (list, str)):
             top[key] = (top[key],) if isinstance(top[key], str) else tuple(top[key])
-    return replace(cfg, generator=replace(cfg.generator, **gen), classifier=replace(cfg.classifier, **clf), **top)
+    names = get_method(cfg.method).knob_names()
+    unknown = sorted(set(method) - set(names))
+    if unknown:
+        raise UserError(f"unknown diffusion knob(s) {unknown}; allowed: {', '.join(names)} "
+                        f"(and any of {', '.join(DIFFUSION_KNOBS)}, gen_*, clf_*)")
+    return replace(cfg, generator=replace(cfg.generator, **tuples(gen)), classifier=replace(cfg.classifier, **clf),
+                   knobs=replace(cfg.knobs, **tuples(method)), **top)

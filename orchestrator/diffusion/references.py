@@ -1,18 +1,11 @@
-"""Reference generators (original, retrain) and the evaluation classifier, cached by content hash.
-
-Same layout and rules as ``orchestrator/references.py``: ``<cache>/<kind>-<key>/model.pt`` plus
-``meta.json`` with the file's sha256; a corrupt or half-written entry is rebuilt, never
-loaded; a lock file serialises two runs building the same entry. Generated-sample metrics
-of a reference are cached beside it per evaluation setting.
-"""
+"""Reference generators (original, retrain) and the evaluation classifier, kept in the
+reference cache (``orchestrator.cache``)."""
 from __future__ import annotations
 
 import copy
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,12 +15,11 @@ from tqdm.auto import tqdm
 from orchestrator.data import Dataset, UnlearnData
 from orchestrator.diffusion.config import ClassifierRecipe, GeneratorRecipe
 from orchestrator.diffusion.sampling import alphas_cumprod, noise_loss
-from orchestrator.diffusion.tasks import _shuffled, drop_labels
+from orchestrator.diffusion.tasks import drop_labels
 from orchestrator.diffusion.unet import build_class_unet
-from orchestrator.methods.scissorhands_diffusion import cycle
 from orchestrator.models import build_model
-from orchestrator.storage import content_key, file_lock, load_checkpoint, save_checkpoint
-from orchestrator.training import accuracy, check_finite, to_float, train_classifier
+from orchestrator.cache import Cached, cached_model
+from orchestrator.training import accuracy, check_finite, cycle, shuffled, to_float, train_classifier
 
 GENERATOR_CODE_VERSION = 1  # bump when train_generator changes what a recipe produces
 CLASSIFIER_CODE_VERSION = 1
@@ -50,43 +42,19 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-@dataclass
-class Cached:
-    kind: str
-    model: nn.Module
-    path: Path
-    meta: dict
-
-
-def cached_model(
-    kind: str, spec: dict, cache_dir: Path, build: Callable[[], nn.Module], train: Callable[[nn.Module], dict]
-) -> Cached:
-    """Load ``<cache>/<kind>-<key>`` if intact, else build + train + store it (atomically)."""
-    entry = Path(cache_dir) / f"{kind}-{content_key(spec)}"
-    with file_lock(Path(cache_dir) / f".{entry.name}.lock"):
-        model = build()
-        meta = load_checkpoint(entry, model)
-        if meta is not None:
-            return Cached(kind, model.eval(), entry, meta)
-        for stale in list(entry.glob("eval-*")):  # metrics of a model that no longer exists
-            stale.unlink()
-        info = train(model)
-        meta = save_checkpoint(kind, entry, model, {"spec": spec, "info": info})
-    return Cached(kind, model.eval(), entry, meta)
-
-
 # ----------------------------------------------------------------------------- classifier
 
 
 def get_classifier(
-    dataset: Dataset, image_size: int, recipe: ClassifierRecipe, seed: int, cache_dir: Path, progress: bool = True
+    dataset: Dataset, image_size: int, recipe: ClassifierRecipe, seed: int, cache_dir: Path, progress: bool = True,
+    build: bool = True,
 ) -> Cached:
     """The project's ResNet trained on the real training split resized to ``image_size``."""
     x_train, x_test = resize_uint8(dataset.x_train, image_size), resize_uint8(dataset.x_test, image_size)
     spec = {"role": "diffusion-classifier", "dataset": dataset.name, "data": dataset.fingerprint(),
             "image_size": image_size, "recipe": asdict(recipe), "seed": seed, "code": CLASSIFIER_CODE_VERSION}
 
-    def build() -> nn.Module:
+    def make() -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_model(recipe.model, dataset.channels, dataset.num_classes, recipe.width)
@@ -103,7 +71,7 @@ def get_classifier(
         )
         return {"test_acc": accuracy(model, x_test, dataset.y_test), "train_acc": hist[-1]["train_acc"]}
 
-    return cached_model("diffusion-classifier", spec, cache_dir, build, train)
+    return cached_model("diffusion-classifier", spec, cache_dir, make, train, allow_build=build)
 
 
 # ----------------------------------------------------------------------------- generators
@@ -141,7 +109,7 @@ def train_generator(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, recipe.warmup_steps, recipe.steps))
 
     def epoch():
-        for idx in _shuffled(len(x), recipe.batch_size, generator):
+        for idx in shuffled(len(x), recipe.batch_size, generator):
             idx = idx.to(device)
             yield x[idx], drop_labels(y[idx], recipe.p_uncond, num_classes, generator)
 
@@ -191,6 +159,7 @@ def get_generator(
     cache_dir: Path,
     device: torch.device,
     progress: bool = True,
+    build: bool = True,
 ) -> Cached:
     spec = generator_spec(role, data, image_size, recipe, seed)
     ds = data.dataset
@@ -199,7 +168,7 @@ def get_generator(
     else:
         x, y = data.x_retain, data.y_retain
 
-    def build() -> nn.Module:
+    def make() -> nn.Module:
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
             torch.manual_seed(seed)
             return build_class_unet(recipe, image_size, ds.channels, ds.num_classes)
@@ -214,6 +183,6 @@ def get_generator(
         unet.load_state_dict(ema.state_dict())
         return {"loss": hist}
 
-    cached = cached_model(f"diffusion-{role}", spec, cache_dir, build, train)
+    cached = cached_model(f"diffusion-{role}", spec, cache_dir, make, train, allow_build=build)
     cached.model.to(device)
     return cached

@@ -30,15 +30,16 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-import orchestrator.methods.scissorhands_diffusion  # noqa: F401  (registers the method)
 from orchestrator.diffusion.config import DiffusionRunConfig
 from orchestrator.diffusion.evaluation import save_grid
 from orchestrator.diffusion.references import to_uint8
 from orchestrator.diffusion.sampling import ddim_sample, q_sample
 from orchestrator.diffusion.tasks import PromptTask
 from orchestrator.errors import UserError
-from orchestrator.methods import METHODS
-from orchestrator.trial import TrialResult
+from orchestrator.storage import content_key
+from orchestrator.methods import get_method
+from orchestrator.tasks import Task, TrialResult
+from orchestrator.training import resolve_device
 
 
 def load_pipeline(path: str | Path):
@@ -86,6 +87,9 @@ def _generate(unet, emb: torch.Tensor, emb_null: torch.Tensor, per_prompt: int, 
     return lat, cond
 
 
+PROMPT_METRICS = ("forget_anchor_gap", "forget_loss", "retain_loss", "retain_drift", "gap_ratio")
+
+
 class Probes:
     """Fixed (x_t, t, noise) on given latents, for before/after comparisons."""
 
@@ -121,14 +125,13 @@ def _decode_grid(vae, latents: torch.Tensor, path: Path, columns: int) -> Path:
 
 
 def run_prompt_unlearning(
+    task: Task,
     cfg: DiffusionRunConfig,
     artifact_dir: Path,
     *,
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrialResult:
-    from orchestrator.diffusion.run import resolve_device
-
     device = resolve_device(cfg.device)
     pipe = load_pipeline(cfg.pretrained)
     unet, vae = pipe.unet.to(device).eval(), pipe.vae.to(device).eval()
@@ -154,15 +157,11 @@ def run_prompt_unlearning(
     original = copy.deepcopy(unet).requires_grad_(False)
     m_original = _metrics(original, probes_f, probes_r, emb_a)
 
-    task = PromptTask(lat_f, cond_f, lat_r, cond_r, emb_a, abar)
-    reinit_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    result = METHODS["scissorhands_diffusion"](
-        unet, task, cfg, generator, reinit_generator=reinit_generator, on_epoch=on_epoch
-    )
+    data = PromptTask(lat_f, cond_f, lat_r, cond_r, emb_a, abar)
+    result = get_method(cfg.method).run(unet, data, cfg.knobs, generator, on_epoch=on_epoch)
     m_unlearned = _metrics(result.model, probes_f, probes_r, emb_a)
     with torch.no_grad():
         m_unlearned["retain_drift"] = round(float(F.mse_loss(probes_r.eps(result.model), probes_r.eps(original))), 6)
-    m_unlearned["RTE_s"] = round(result.seconds, 3)
     gap0 = m_original["forget_anchor_gap"]
     m_unlearned["gap_ratio"] = round(m_unlearned["forget_anchor_gap"] / gap0, 6) if gap0 > 0 else float("nan")
 
@@ -176,16 +175,14 @@ def run_prompt_unlearning(
         lat, _ = _generate(net, emb_grid, emb_null, cols, shape, abar, cfg, g)
         artifacts.append(str(_decode_grid(vae, lat, Path(artifact_dir) / f"grid-{name}.png", cols)))
 
-    report = {
-        "original": m_original,
-        "retrain": None,  # no retrain reference exists for a pretrained text-to-image model
-        "unlearned": m_unlearned,
-        "config": {"method": "scissorhands_diffusion", "task": "diffusion", "mode": "prompt", **cfg.to_dict()},
-    }
+    # No retrain reference exists for a pretrained text-to-image model.
+    report = task.report({"original": m_original, "unlearned": m_unlearned}, result.seconds, cfg,
+                         keys=PROMPT_METRICS, digits=6)
     stats = {k: v for k, v in result.stats.items() if k != "trimmed_params"}
     extras = {
         "original": m_original, "unlearned": m_unlearned, "artifacts": artifacts,
         "prompts": {"forget": forget_prompts, "anchor": cfg.anchor_prompt, "retain": retain_prompts},
-        "trimmed_params": result.stats.get("trimmed_params", []), **stats,
+        "trimmed_params": result.stats.get("trimmed_params", []), "forget_digest": content_key(forget_prompts),
+        **stats,
     }
     return TrialResult(report, result.model, result.history, extras)

@@ -1,18 +1,10 @@
-"""Data and conditioning for the diffusion method: class labels (UNet2DModel) or prompts (SD)."""
+"""Data and conditioning for the diffusion methods: class labels (UNet2DModel) or prompts (SD)."""
 from __future__ import annotations
-
-from typing import Iterator
 
 import torch
 from torch import nn
 
-from orchestrator.methods.scissorhands_diffusion import cycle
-
-
-def _shuffled(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    order = torch.randperm(n, generator=generator)
-    for start in range(0, n, batch_size):
-        yield order[start : start + batch_size]
+from orchestrator.training import cycle, shuffled
 
 
 def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, generator: torch.Generator) -> torch.Tensor:
@@ -52,7 +44,7 @@ class ClassTask:
         dev = self.x_forget.device
 
         def epoch():
-            for idx in _shuffled(len(self.x_forget), batch_size, generator):
+            for idx in shuffled(len(self.x_forget), batch_size, generator):
                 yield self.x_forget[idx.to(dev)], torch.full((len(idx),), self.forget_class, device=dev)
 
         return cycle(epoch)
@@ -61,7 +53,7 @@ class ClassTask:
         dev = self.x_retain.device
 
         def epoch():
-            for idx in _shuffled(len(self.x_retain), batch_size, generator):
+            for idx in shuffled(len(self.x_retain), batch_size, generator):
                 idx = idx.to(dev)
                 yield self.x_retain[idx], drop_labels(self.y_retain[idx], self.p_uncond, self.null_label, generator)
 
@@ -93,7 +85,7 @@ class PromptTask:
 
     def _batches(self, lat, emb, batch_size, generator):
         def epoch():
-            for idx in _shuffled(len(lat), batch_size, generator):
+            for idx in shuffled(len(lat), batch_size, generator):
                 idx = idx.to(lat.device)
                 yield lat[idx], emb[idx]
 

@@ -8,11 +8,16 @@ self-attention layers that the reference trims ("attn1_up").
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from orchestrator.diffusion.config import TRIM_PRESETS, GeneratorRecipe
 from orchestrator.errors import UserError
+
+if TYPE_CHECKING:
+    from orchestrator.diffusion.config import GeneratorRecipe
+
+TRIM_PRESETS = ("attn1_up", "attn2", "attn", "all")
 
 
 def build_class_unet(recipe: GeneratorRecipe, image_size: int, channels: int, num_classes: int) -> nn.Module:

@@ -1,28 +1,119 @@
-"""Unlearning methods behind a small registry: name -> function(model, data, config, generator)."""
+"""The method contract and its registry.
+
+A method is one file holding its config dataclass (every knob with its default; ``validate()``
+names a bad value and what is allowed), its presets, and a :class:`Method` subclass whose
+``run`` unlearns. Adding a method is that file plus one line in ``BUILTIN``; the CLI flags,
+the sweep spec and the trial all come from here.
+"""
 from __future__ import annotations
 
+import dataclasses
+import importlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 from torch import nn
 
-METHODS: dict[str, Callable] = {}
+from orchestrator.errors import UserError
+
+# name -> "module:attribute" of its Method instance, imported on first use
+BUILTIN: dict[str, str] = {
+    "scissorhands": "orchestrator.methods.scissorhands:METHOD",
+    "scissorhands_diffusion": "orchestrator.methods.scissorhands_diffusion:METHOD",
+}
 
 
 @dataclass
 class MethodResult:
     model: nn.Module
-    seconds: float  # RTE: scoring + trimming + repair, no evaluation
+    seconds: float  # RTE: everything the method does, no evaluation
     history: list[dict] = field(default_factory=list)  # per-epoch training statistics
     stats: dict = field(default_factory=dict)  # e.g. how many entries were trimmed
 
 
-def register(name: str):
-    def deco(fn):
-        METHODS[name] = fn
-        return fn
+class Method(ABC):
+    name: ClassVar[str]
+    task: ClassVar[str]  # the task whose data ``run`` takes: classification | diffusion
+    config_class: ClassVar[type]
+    presets: ClassVar[tuple[str, ...]] = ("auto",)  # "auto" comes first and always exists
 
-    return deco
+    def preset(self, name: str, *, model_size: str = "small", forget_kind: str = "class") -> Any:
+        """The knob values a preset stands for, for this model size and kind of forget set."""
+        if name not in self.presets:
+            raise UserError(f"--preset {name!r}: allowed {', '.join(self.presets)} (method {self.name})")
+        return self.config_class()
+
+    def config(self, knobs: Any = None, **changes) -> Any:
+        """A validated config: ``knobs`` (a config, a dict, or None for the defaults) with ``changes``."""
+        if knobs is None or isinstance(knobs, dict):
+            knobs = self.from_dict(knobs or {})
+        unknown = sorted(set(changes) - set(self.knob_names()))
+        if unknown:
+            raise UserError(f"unknown {self.name} knob(s) {unknown}; allowed: {', '.join(self.knob_names())}")
+        cfg = dataclasses.replace(knobs, **tuples(changes))
+        cfg.validate()
+        return cfg
+
+    def knob_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self.config_class))
+
+    def from_dict(self, d: dict) -> Any:
+        unknown = sorted(set(d) - set(self.knob_names()))
+        if unknown:
+            raise UserError(f"unknown {self.name} knob(s) {unknown}; allowed: {', '.join(self.knob_names())}")
+        return self.config_class(**tuples(d))
+
+    @abstractmethod
+    def run(
+        self,
+        model: nn.Module,
+        data: Any,
+        cfg: Any,
+        generator: Any,
+        *,
+        on_epoch: Callable[[dict], None] | None = None,
+        backend: str | None = None,
+    ) -> MethodResult:
+        """Unlearn in place and return the model, seeded by ``generator`` only; leaves it in eval mode."""
 
 
-from orchestrator.methods import scissorhands  # noqa: E402,F401  (registers itself)
+def tuples(d: dict) -> dict:
+    """YAML / JSON lists become the tuples the frozen configs hold."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+_LOADED: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Make a method available by name at run time (built-in ones are listed in ``BUILTIN``)."""
+    _LOADED[method.name] = method
+    return method
+
+
+def list_methods(task: str | None = None) -> list[str]:
+    names = sorted(set(BUILTIN) | set(_LOADED))
+    return [n for n in names if task is None or get_method(n).task == task]
+
+
+def get_method(name: str) -> Method:
+    if name not in _LOADED:
+        if name not in BUILTIN:
+            raise UserError(f"--method {name!r}: unknown; known methods: {', '.join(list_methods())}")
+        module, attr = BUILTIN[name].split(":")
+        _LOADED[name] = getattr(importlib.import_module(module), attr)
+    return _LOADED[name]
+
+
+def method_knobs(method: str, knobs: Any, task: str) -> Any:
+    """A run config's knobs as its method's config: defaults for None, parsed from a dict."""
+    m = get_method(method)
+    if m.task != task:
+        raise UserError(f"--method {method}: a {m.task} method; {task} methods: {', '.join(list_methods(task))}")
+    if knobs is None or isinstance(knobs, dict):
+        return m.from_dict(knobs or {})
+    if not isinstance(knobs, m.config_class):
+        raise UserError(f"knobs {type(knobs).__name__} do not belong to method {method} "
+                        f"(expected {m.config_class.__name__})")
+    return knobs

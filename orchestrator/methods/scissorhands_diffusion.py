@@ -14,15 +14,16 @@
    r = grad(-L_f) of a frozen copy taken at the start of every epoch.
 All scoring / threshold / re-init / projection math goes through ``kernels``.
 
-The method knows nothing of labels or prompts: a :class:`DiffusionTask` supplies data
+The method knows nothing of labels or prompts: a :class:`DiffusionData` supplies data
 batches, conditions and the network call, so the class-conditional UNet2DModel and a
 Stable Diffusion UNet2DConditionModel share this one implementation.
 """
 from __future__ import annotations
 
-import copy
 import math
+import re
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
 import torch
@@ -31,13 +32,106 @@ from torch import nn
 
 import kernels
 from orchestrator.diffusion.sampling import draw_noise, noise_loss, q_sample
-from orchestrator.diffusion.unet import select_parameters
-from orchestrator.methods import MethodResult, register
-from orchestrator.methods.scissorhands import init_specs
-from orchestrator.training import check_finite
+from orchestrator.diffusion.unet import TRIM_PRESETS, select_parameters
+from orchestrator.errors import UserError
+from orchestrator.methods import Method, MethodResult
+from orchestrator.methods.shared import GradientProjection, init_specs, repair_loop
+
+REPAIRS = ("anchor", "ascent")
+REPAIR_MODULES = ("all", "trimmed")
+THRESHOLD_SCOPES = ("all", "trimmed")
+PROJECTION_SCOPES = ("global", "per_layer")
+INITS = ("kaiming_uniform", "zeros")
 
 
-class DiffusionTask(Protocol):
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise UserError(msg)
+
+
+@dataclass(frozen=True)
+class ScissorhandsDiffusionConfig:
+    """The method's knobs; defaults measured on mnist5k class:3 (README, "Diffusion")."""
+
+    # stage 1: scoring
+    score_batches: int = 10
+    score_batch_size: int = 64
+    # stage 2: trimming
+    trim_ratio: float = 0.005
+    trim_modules: tuple[str, ...] = ("attn1_up",)  # presets (attn1_up | attn2 | attn | all) or regexes
+    # all: one threshold over every UNet parameter (reference SD code) | trimmed: rank within trim_modules only
+    threshold_scope: str = "all"
+    init: str = "kaiming_uniform"
+    # stage 3: repair
+    repair: str = "anchor"  # anchor: L_r + lambda * L_u | ascent: L_r - lambda * L_f
+    forget_weight: float = 1.0  # lambda
+    anchor_class: int | None = None  # None: a random retained class per sample
+    repair_modules: str = "all"  # which parameters Adam updates: all | trimmed
+    epochs: int = 3
+    steps_per_epoch: int = 40
+    batch_size: int = 64
+    lr: float = 1e-4  # Adam
+    projection: bool = False
+    projection_strength: float = 0.5
+    projection_eps: float = 1e-3
+    projection_scope: str = "global"
+    project_every: int = 1
+    memory_batches: int = 1
+
+    HELP = {
+        "score_batches": "forget batches for connection sensitivity (reference: 10)",
+        "trim_ratio": "share of scored entries re-initialised (reference 0.001-0.005 for diffusion)",
+        "trim_modules": f"UNet modules to trim: presets {', '.join(TRIM_PRESETS)} or regexes on parameter names",
+        "threshold_scope": "all: one threshold over every UNet parameter (reference) | "
+                           "trimmed: scores ranked only within --trim-modules",
+        "init": " | ".join(INITS),
+        "repair": "anchor: L_r + lambda*L_u (forget condition -> anchor) | ascent: L_r - lambda*L_f",
+        "forget_weight": "lambda",
+        "anchor_class": "class the forget class is mapped onto (default: a random retained class per sample)",
+        "repair_modules": f"{' | '.join(REPAIR_MODULES)}: parameters Adam updates during repair",
+        "epochs": "repair epochs (reference 3-5 for diffusion)",
+        "steps_per_epoch": "repair steps per epoch (each: one retain + one forget batch)",
+        "lr": "repair learning rate (Adam)",
+        "projection": "GEM-project repair gradients of the trimmed modules against grad(-L_f)",
+        "projection_strength": "GEM margin (reference 0.5)",
+        "projection_scope": " | ".join(PROJECTION_SCOPES),
+    }
+
+    def validate(self) -> None:
+        for name in ("score_batches", "score_batch_size", "epochs", "steps_per_epoch", "batch_size", "project_every",
+                     "memory_batches"):
+            value = getattr(self, name)
+            _need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                  f"--{name.replace('_', '-')} {value}: must be an integer >= 1")
+        _need(0.0 < self.trim_ratio < 1.0, f"--trim-ratio {self.trim_ratio}: must be in (0, 1)")
+        _need(len(self.trim_modules) > 0, "--trim-modules: give at least one of "
+              f"{', '.join(TRIM_PRESETS)} or a regex on parameter names")
+        for item in self.trim_modules:
+            if item in TRIM_PRESETS:
+                continue
+            try:
+                re.compile(item)
+            except re.error as exc:
+                raise UserError(f"--trim-modules {item!r}: not a preset ({', '.join(TRIM_PRESETS)}) "
+                                f"and not a valid regex ({exc})") from None
+        _need(self.threshold_scope in THRESHOLD_SCOPES,
+              f"--threshold-scope {self.threshold_scope!r}: allowed {', '.join(THRESHOLD_SCOPES)}")
+        _need(self.init in INITS, f"--init {self.init!r}: allowed {', '.join(INITS)}")
+        _need(self.repair in REPAIRS, f"--repair {self.repair!r}: allowed {', '.join(REPAIRS)}")
+        _need(self.forget_weight >= 0 and math.isfinite(self.forget_weight),
+              f"--forget-weight {self.forget_weight}: must be >= 0")
+        _need(self.anchor_class is None or self.anchor_class >= 0,
+              f"--anchor-class {self.anchor_class}: must be a class index >= 0 (or unset: random retained class)")
+        _need(self.repair_modules in REPAIR_MODULES,
+              f"--repair-modules {self.repair_modules!r}: allowed {', '.join(REPAIR_MODULES)}")
+        _need(self.lr > 0 and math.isfinite(self.lr), f"--lr {self.lr}: must be a positive number")
+        _need(self.projection_strength >= 0, f"--projection-strength {self.projection_strength}: must be >= 0")
+        _need(self.projection_eps > 0, f"--projection-eps {self.projection_eps}: must be > 0")
+        _need(self.projection_scope in PROJECTION_SCOPES,
+              f"--projection-scope {self.projection_scope!r}: allowed {', '.join(PROJECTION_SCOPES)}")
+
+
+class DiffusionData(Protocol):
     """What the method needs to know about the data and the conditioning."""
 
     abar: torch.Tensor  # alphas_cumprod of the training noise schedule
@@ -54,149 +148,109 @@ class DiffusionTask(Protocol):
         """The anchor condition that each forget sample is mapped onto."""
 
 
-def cycle(make_epoch: Callable[[], Iterator]) -> Iterator:
-    """Endless batches: a new shuffled pass each time the previous one is exhausted."""
-    while True:
-        empty = True
-        for item in make_epoch():
-            empty = False
-            yield item
-        if empty:
-            return
-
-
-def _forget_grads(unet, task: DiffusionTask, batch, params, generator) -> list[torch.Tensor]:
+def _forget_grads(unet, task: DiffusionData, batch, params, generator) -> list[torch.Tensor]:
     x0, cond = batch
     loss = noise_loss(lambda x, t, c: task.eps(unet, x, t, c), x0, cond, task.abar, generator)
     return list(torch.autograd.grad(loss, params, allow_unused=True))
 
 
-@register("scissorhands_diffusion")
-def scissorhands_diffusion(
-    unet: nn.Module,
-    task: DiffusionTask,
-    cfg,
-    generator: torch.Generator,
-    *,
-    reinit_generator: torch.Generator | None = None,
-    backend: str | None = None,
-    on_epoch: Callable[[dict], None] | None = None,
-) -> MethodResult:
-    """``cfg`` is an ``orchestrator.diffusion.config.DiffusionRunConfig`` (its method knobs).
+class ScissorhandsDiffusion(Method):
+    name = "scissorhands_diffusion"
+    task = "diffusion"
+    config_class = ScissorhandsDiffusionConfig
 
-    ``generator`` (CPU) drives batches, timesteps and noise; ``reinit_generator`` (on the
-    UNet's device; default ``generator``) draws the fresh values of trimmed entries.
-    """
-    start = time.perf_counter()
-    named = dict(unet.named_parameters())
-    trim_names = select_parameters(unet, tuple(cfg.trim_modules))
-    inits_all = dict(zip(named, init_specs(unet, set(trim_names), cfg.init)))
-    trimmable = [n for n in trim_names if inits_all[n] is not None]
-    if not trimmable:
-        from orchestrator.errors import UserError
+    def run(self, model: nn.Module, data: DiffusionData, cfg: ScissorhandsDiffusionConfig,
+            generator: torch.Generator, *, on_epoch: Callable[[dict], None] | None = None,
+            backend: str | None = None) -> MethodResult:
+        """``generator`` (CPU) drives batches, timesteps and noise; the fresh values of trimmed
+        entries come from a generator on the UNet's device seeded with its seed + 1."""
+        unet, task = model, data
+        start = time.perf_counter()
+        device = next(unet.parameters()).device
+        reinit_generator = torch.Generator(device=device).manual_seed(generator.initial_seed() + 1)
+        named = dict(unet.named_parameters())
+        trim_names = select_parameters(unet, tuple(cfg.trim_modules))
+        inits_all = dict(zip(named, init_specs(unet, set(trim_names), cfg.init)))
+        trimmable = [n for n in trim_names if inits_all[n] is not None]
+        if not trimmable:
+            raise UserError(f"--trim-modules {' '.join(cfg.trim_modules)}: selects no conv / linear weight to trim "
+                            f"(selected: {', '.join(trim_names[:6])}...)")
+        scored_names = trim_names if cfg.threshold_scope == "trimmed" else list(named)
+        scored = [named[n] for n in scored_names]
+        forget_iter = task.forget_batches(cfg.score_batch_size, generator)
 
-        raise UserError(f"--trim-modules {' '.join(cfg.trim_modules)}: selects no conv / linear weight to trim "
-                        f"(selected: {', '.join(trim_names[:6])}...)")
-    scored_names = trim_names if cfg.threshold_scope == "trimmed" else list(named)
-    scored = [named[n] for n in scored_names]
-    forget_iter = task.forget_batches(cfg.score_batch_size, generator)
+        # Stage 1: connection sensitivity of the forget loss.
+        unet.eval()
+        grad_sums = [torch.zeros_like(p) for p in scored]
+        for _ in range(cfg.score_batches):
+            grads = _forget_grads(unet, task, next(forget_iter), scored, generator)
+            grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, scored)]
+            kernels.accumulate_abs_grad_(grad_sums, grads, backend=backend)
 
-    # Stage 1: connection sensitivity of the forget loss.
-    unet.eval()
-    grad_sums = [torch.zeros_like(p) for p in scored]
-    for _ in range(cfg.score_batches):
-        grads = _forget_grads(unet, task, next(forget_iter), scored, generator)
-        grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, scored)]
-        kernels.accumulate_abs_grad_(grad_sums, grads, backend=backend)
+        # Stage 2: one threshold over the scored entries; re-initialise the selected trimmable ones.
+        total = sum(p.numel() for p in scored)
+        n_select = total - math.floor((1.0 - cfg.trim_ratio) * total)
+        inits = [inits_all[n] for n in scored_names]
+        with torch.no_grad():
+            threshold = kernels.select_threshold(scored, grad_sums, n_select, backend=backend)
+            trimmed = kernels.masked_reinit_(scored, grad_sums, threshold, inits, reinit_generator, backend=backend)
+        del grad_sums
+        score_seconds = time.perf_counter() - start
 
-    # Stage 2: one threshold over the scored entries; re-initialise the selected trimmable ones.
-    total = sum(p.numel() for p in scored)
-    n_select = total - math.floor((1.0 - cfg.trim_ratio) * total)
-    inits = [inits_all[n] for n in scored_names]
-    with torch.no_grad():
-        threshold = kernels.select_threshold(scored, grad_sums, n_select, backend=backend)
-        trimmed = kernels.masked_reinit_(
-            scored, grad_sums, threshold, inits, reinit_generator or generator, backend=backend
-        )
-    del grad_sums
-    score_seconds = time.perf_counter() - start
+        # Stage 3: repair.
+        train_names = list(named) if cfg.repair_modules == "all" else trim_names
+        train_params = [named[n] for n in train_names]
+        train_ids = {id(p) for p in train_params}
+        for p in unet.parameters():
+            p.requires_grad_(id(p) in train_ids)
+        projection = GradientProjection(
+            unet, [n for n in trim_names if id(named[n]) in train_ids], strength=cfg.projection_strength,
+            eps=cfg.projection_eps, scope=cfg.projection_scope, every=cfg.project_every, backend=backend)
+        retain_iter = task.retain_batches(cfg.batch_size, generator)
+        forget_iter = task.forget_batches(cfg.batch_size, generator)
 
-    # Stage 3: repair.
-    train_names = list(named) if cfg.repair_modules == "all" else trim_names
-    train_params = [named[n] for n in train_names]
-    train_ids = {id(p) for p in train_params}
-    for p in unet.parameters():
-        p.requires_grad_(id(p) in train_ids)
-    projected_names = [n for n in trim_names if id(named[n]) in train_ids]
-    projected = [named[n] for n in projected_names]
-    opt = torch.optim.Adam(train_params, lr=cfg.lr)
-    retain_iter = task.retain_batches(cfg.batch_size, generator)
-    forget_iter = task.forget_batches(cfg.batch_size, generator)
-    eps = lambda net: (lambda x, t, c: task.eps(net, x, t, c))  # noqa: E731
-    history = []
-    unet.train()
-    for epoch in range(cfg.epochs):
-        ref = None
-        if cfg.projection:
-            frozen = copy.deepcopy(unet)
-            frozen_named = dict(frozen.named_parameters())
-            frozen_projected = [frozen_named[n].requires_grad_(True) for n in projected_names]
-            ref = [torch.zeros_like(p) for p in projected]
-            for _ in range(cfg.memory_batches):
-                g = _forget_grads(frozen, task, next(forget_iter), frozen_projected, generator)
-                torch._foreach_add_(ref, [-t if t is not None else torch.zeros_like(r) for t, r in zip(g, ref)])
-            del frozen, frozen_named, frozen_projected
-        sums = {"loss_retain": 0.0, "loss_unlearn": 0.0, "projected": 0}
-        for step in range(cfg.steps_per_epoch):
+        def remember(epoch: int) -> None:
+            projection.remember(lambda frozen, params: _forget_grads(frozen, task, next(forget_iter), params,
+                                                                     generator), cfg.memory_batches, train_mode=True)
+
+        def loss(step: int):
+            # Batches are drawn here, in this order, so the random stream is the method's own.
             x0r, cr = next(retain_iter)
-            loss_r = noise_loss(eps(unet), x0r, cr, task.abar, generator)
-            loss = loss_r
-            if cfg.forget_weight > 0:
-                x0f, cf = next(forget_iter)
-                t, noise = draw_noise(x0f, task.abar, generator)
-                x_t = q_sample(x0f, t, noise, task.abar)
-                if cfg.repair == "anchor":
-                    with torch.no_grad():
-                        target = task.eps(unet, x_t, t, task.anchor_cond(cf, generator))
-                    loss_u = F.mse_loss(task.eps(unet, x_t, t, cf), target)
-                    loss = loss_r + cfg.forget_weight * loss_u
-                else:
-                    loss_u = F.mse_loss(task.eps(unet, x_t, t, cf), noise)
-                    loss = loss_r - cfg.forget_weight * loss_u
-                sums["loss_unlearn"] += loss_u.item()
-            check_finite(
-                loss, f"in diffusion repair epoch {epoch} step {step}",
-                f"lower --lr (now {cfg.lr}) or --forget-weight (now {cfg.forget_weight})",
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if ref is not None and step % cfg.project_every == 0:
-                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in projected]
-                for p, g in zip(projected, grads):
-                    p.grad = g
-                coef = kernels.project_(
-                    grads, ref, cfg.projection_strength, cfg.projection_eps, cfg.projection_scope, backend=backend
-                )
-                sums["projected"] += int(bool((coef != 0).any()))
-            opt.step()
-            sums["loss_retain"] += loss_r.item()
-        n = max(1, cfg.steps_per_epoch)
-        record = {
-            "epoch": float(epoch),
-            "loss_retain": sums["loss_retain"] / n,
-            "loss_unlearn": sums["loss_unlearn"] / n,
-            "projection_rate": sums["projected"] / n,
+            loss_r = noise_loss(lambda x, t, c: task.eps(unet, x, t, c), x0r, cr, task.abar, generator)
+            stats = {"loss_retain": loss_r.item(), "loss_unlearn": 0.0}
+            if cfg.forget_weight == 0:
+                return loss_r, stats
+            x0f, cf = next(forget_iter)
+            t, noise = draw_noise(x0f, task.abar, generator)
+            x_t = q_sample(x0f, t, noise, task.abar)
+            if cfg.repair == "anchor":
+                with torch.no_grad():
+                    target = task.eps(unet, x_t, t, task.anchor_cond(cf, generator))
+                loss_u = F.mse_loss(task.eps(unet, x_t, t, cf), target)
+                value = loss_r + cfg.forget_weight * loss_u
+            else:
+                loss_u = F.mse_loss(task.eps(unet, x_t, t, cf), noise)
+                value = loss_r - cfg.forget_weight * loss_u
+            return value, {**stats, "loss_unlearn": loss_u.item()}
+
+        opt = torch.optim.Adam(train_params, lr=cfg.lr)
+        history = repair_loop(
+            unet, opt, epochs=cfg.epochs, steps=lambda epoch: range(cfg.steps_per_epoch), loss=loss,
+            before_step=lambda step, _: projection(step) if cfg.projection else {"projection_rate": 0.0},
+            start_epoch=remember if cfg.projection else None, on_epoch=on_epoch, where="diffusion repair",
+            hint=f"lower --lr (now {cfg.lr}) or --forget-weight (now {cfg.forget_weight})",
+        )
+        for p in unet.parameters():
+            p.requires_grad_(True)
+        unet.eval()
+        seconds = time.perf_counter() - start
+        stats = {
+            "trimmed": int(trimmed), "n_scored": int(total),
+            "n_trimmable": int(sum(named[n].numel() for n in trimmable)),
+            "tau": float(threshold.tau), "score_trim_s": round(score_seconds, 3),
+            "trimmed_params": trimmable,
         }
-        history.append(record)
-        if on_epoch:
-            on_epoch(dict(record))
-    for p in unet.parameters():
-        p.requires_grad_(True)
-    unet.eval()
-    seconds = time.perf_counter() - start
-    stats = {
-        "trimmed": int(trimmed), "n_scored": int(total), "n_trimmable": int(sum(named[n].numel() for n in trimmable)),
-        "tau": float(threshold.tau), "score_trim_s": round(score_seconds, 3),
-        "trimmed_params": trimmable,
-    }
-    return MethodResult(unet, seconds, history, stats)
+        return MethodResult(unet, seconds, history, stats)
+
+
+METHOD = ScissorhandsDiffusion()

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import itertools
 import os
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from orchestrator.storage import atomic_write
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -168,7 +169,7 @@ def hypervolume(
 # ----------------------------------------------------------------------------- plots
 
 
-def _valid_trials(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+def valid_trials(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Drop failed trials: a failed status/state, a missing objective column value."""
     missing = [m for m in metrics if m not in df.columns]
     if missing:
@@ -182,20 +183,6 @@ def _valid_trials(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
 def _label(o: Objective) -> str:
     return f"{o.metric} ({o.direction} {'↓' if o.direction == 'min' else '↑'} better)"
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    """Write via `write(tmp_path)` to a sibling temp file, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name rather than mkstemp: mkstemp's 0600 mode would leak into the result.
-    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"))
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def view_window(anchors: np.ndarray | Sequence[Sequence[float]], margin: float = 0.08,
@@ -358,7 +345,7 @@ def _figures(df: pd.DataFrame, objs: list[Objective],
     from plotly.subplots import make_subplots
 
     metrics = [o.metric for o in objs]
-    df = _valid_trials(df, metrics)
+    df = valid_trials(df, metrics)
     vals = df[metrics].to_numpy(dtype=float)
     errs = np.column_stack([df[f"{m}_ci95"].to_numpy(dtype=float) if f"{m}_ci95" in df
                             else np.full(len(df), np.nan) for m in metrics])
@@ -417,5 +404,5 @@ def plot_frontier(
     png_fig, html_fig = _figures(df, objs, markers or {})
     png = Path(path_png)
     html = Path(path_html) if path_html is not None else png.with_suffix(".html")
-    return [_atomic_write(png, lambda tmp: png_fig.savefig(tmp, format="png", dpi=120)),
-            _atomic_write(html, lambda tmp: html_fig.write_html(tmp, include_plotlyjs=True))]
+    return [atomic_write(png, lambda tmp: png_fig.savefig(tmp, format="png", dpi=120)),
+            atomic_write(html, lambda tmp: html_fig.write_html(tmp, include_plotlyjs=True))]

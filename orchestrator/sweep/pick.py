@@ -10,12 +10,11 @@ from pathlib import Path
 from orchestrator.errors import DivergenceError, UserError
 from orchestrator.stats import Summary, interval_text, paired_improvement, summarize
 from orchestrator.sweep.frontier_table import load_results
-from orchestrator.sweep.spec import CLASSIFICATION_METRICS, DIFFUSION_METRICS, SweepSpec
+from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.tracking import default_tracking_uri
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 SIDE_BY_SIDE = ("UA", "RA", "TA", "MIA", "avg_gap", "avg_gap_original")
-METRICS = tuple(dict.fromkeys((*CLASSIFICATION_METRICS, *DIFFUSION_METRICS)))
 
 
 def parse_rule(rule: str) -> tuple[str, str]:
@@ -168,7 +167,8 @@ def pick(storage: Path, name: str, rule: str, where: list[str], *, alias: str = 
     endorsed = validation is None or validation.get("improves_on_original", True)
     if endorsed:
         client.set_registered_model_alias(registered, alias, version.version)
-    search = {k: float(best[k]) for k in (*METRICS, "avg_gap_original", "improvement") if k in best.index}
+    task = spec.task_contract
+    search = {k: float(best[k]) for k in (*task.metrics, *task.baseline_metrics, "improvement") if k in best.index}
     return {
         "trial_id": str(best["trial_id"]), "config": searched, "search": search, "validation": validation,
         "model_uri": f"models:/{registered}@{alias}" if endorsed else f"models:/{registered}/{version.version}",

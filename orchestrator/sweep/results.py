@@ -2,16 +2,14 @@
 
 Every write rewrites the whole table (sweeps have hundreds of trials, not
 millions) into a temp file in the same directory and renames it over the old
-one, so readers always see a complete old or new table. A flock on a sibling
-`.lock` file serialises read-modify-write cycles across processes.
+one (``orchestrator.storage.atomic_write``), so readers always see a complete old or new
+table. The package's file lock on a sibling `.lock` file serialises read-modify-write cycles across processes.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from orchestrator.storage import atomic_write, file_lock
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -82,35 +82,14 @@ class ResultsTable:
     # -- writing ------------------------------------------------------------
     @contextmanager
     def _locked(self) -> Iterator[pa.Table | None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel even on SIGKILL
-            try:
-                # Holding the lock, any temp file left behind is from a killed writer.
-                for stale in self.path.parent.glob(f"{self._tmp_prefix}*.tmp"):
-                    stale.unlink(missing_ok=True)
-                yield self._read_table()
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with file_lock(self.lock_path):  # released by the kernel even on SIGKILL
+            # Holding the lock, any temp file left behind is from a killed writer.
+            for stale in self.path.parent.glob(f"{self._tmp_prefix}*.tmp"):
+                stale.unlink(missing_ok=True)
+            yield self._read_table()
 
     def _write(self, table: pa.Table) -> None:
-        # Unique name, opened exclusively; not mkstemp, whose 0600 mode would stick to the table.
-        tmp = self.path.with_name(f"{self._tmp_prefix}{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "xb") as f:
-                pq.write_table(table, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        # Persist the rename itself (directory entry) too.
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomic_write(self.path, lambda tmp: pq.write_table(table, tmp))
 
     @staticmethod
     def _combine(old: pa.Table | None, rows: Iterable[Mapping[str, Any]]) -> pa.Table:

@@ -3,38 +3,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from orchestrator.config import (
-    METHOD_KNOBS,
-    RECIPE_KNOBS,
-    RunConfig,
-    TrainRecipe,
-    method_preset,
-)
-from orchestrator.data import ForgetSpec
 from orchestrator.errors import UserError
-from orchestrator.evaluation import CORE_METRICS, MIA_VARIANTS
-from orchestrator.models import model_info
-
-# Metrics every classification trial reports (means over seeds; each also as <name>_std).
-CLASSIFICATION_METRICS = (
-    *CORE_METRICS,
-    *(f"MIA_{v}" for v in MIA_VARIANTS if v != "confidence"),
-    "RTE_s",
-    "avg_gap",
-    *(f"gap_{m}" for m in CORE_METRICS),
-    "forget_gap",  # mean of |UA - UA_rt| and |MIA - MIA_rt|: how far from forgetting like retrain
-    "retain_gap",  # mean of |RA - RA_rt| and |TA - TA_rt|: how far from keeping utility like retrain
-)
-
-# Metrics a diffusion (class erasure) trial reports; gap_* are |metric - retrain generator's|.
-DIFFUSION_METRICS = ("forget_acc", "retained_acc", "fid", "RTE_s", "gap_forget_acc", "gap_retained_acc", "gap_fid")
-TASK_METRICS = {"classification": CLASSIFICATION_METRICS, "diffusion": DIFFUSION_METRICS}
+from orchestrator.methods import get_method, list_methods, tuples
+from orchestrator.tasks import get_task, list_tasks
 
 Strict = ConfigDict(extra="forbid")
 
@@ -106,16 +84,17 @@ class EarlyStopping(BaseModel):
 class SweepSpec(BaseModel):
     model_config = Strict
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    task: Literal["classification", "diffusion"] = "classification"
+    task: str = "classification"
+    method: str | None = None  # default: the task's default method
     dataset: str = "mnist5k"
     data_dir: str | None = None
     model: str = "resnet8"
     width: int | None = Field(None, ge=1)
     forget: str
     split_seed: int = 0
-    preset: Literal["auto", "reference"] = "auto"
-    recipe: dict[str, Any] = {}  # reference recipe: classifier training, or the generator (diffusion)
-    classifier: dict[str, Any] = {}  # diffusion only: the evaluation classifier's recipe
+    preset: str = "auto"
+    recipe: dict[str, Any] = {}  # the reference recipe (classifier training, or the generator for diffusion)
+    classifier: dict[str, Any] = {}  # diffusion: the evaluation classifier's recipe
     fixed: dict[str, Any] = {}
     search: dict[str, Distribution]
     objectives: list[ObjectiveSpec] = Field(min_length=1)
@@ -136,20 +115,28 @@ class SweepSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "SweepSpec":
-        recipe_knobs, method_knobs = task_knobs(self.task)
-        _only(self.recipe, recipe_knobs, "recipe")
-        if self.task == "diffusion":
-            from orchestrator.diffusion.config import ClassifierRecipe
-
-            _only(self.classifier, [f.name for f in dataclasses.fields(ClassifierRecipe)], "classifier")
-        elif self.classifier:
-            raise ValueError("'classifier' applies to task diffusion only")
-        _only(self.fixed, method_knobs, "fixed")
-        _only(self.search, method_knobs, "search")
-        metrics = TASK_METRICS[self.task]
+        if self.task not in list_tasks():
+            raise ValueError(f"unknown task {self.task!r}; allowed: {', '.join(list_tasks())}")
+        task = get_task(self.task)
+        method_name = self.method or task.default_method
+        if method_name not in list_methods(self.task):
+            raise ValueError(f"unknown method {method_name!r} for task {self.task}; "
+                             f"allowed: {', '.join(list_methods(self.task))}")
+        for key in sorted(self.model_fields_set & RUN_KEYS - set(task.spec_fields)):
+            raise ValueError(f"{key!r} does not apply to task {self.task}")
+        hints = typing.get_type_hints(task.config_class)
+        for key in ("recipe", "classifier"):
+            if key in task.spec_recipes:
+                _only(getattr(self, key), [f.name for f in dataclasses.fields(hints[task.spec_recipes[key]])], key)
+            elif getattr(self, key):
+                raise ValueError(f"{key!r} does not apply to task {self.task}")
+        knobs = get_method(method_name).knob_names()
+        _only(self.fixed, knobs, "fixed")
+        _only(self.search, knobs, "search")
         for obj in self.objectives:
-            if obj.metric not in metrics:
-                raise ValueError(f"unknown metric {obj.metric!r} for task {self.task}; allowed: {', '.join(metrics)}")
+            if obj.metric not in task.metrics:
+                raise ValueError(f"unknown metric {obj.metric!r} for task {self.task}; "
+                                 f"allowed: {', '.join(task.metrics)}")
         if len({o.metric for o in self.objectives}) != len(self.objectives):
             raise ValueError("an objective metric is listed twice")
         both = sorted(set(self.fixed) & set(self.search))
@@ -157,62 +144,40 @@ class SweepSpec(BaseModel):
             raise ValueError(f"knob(s) {both} are both fixed and searched")
         return self
 
+    @property
+    def task_contract(self):
+        return get_task(self.task)
+
+    @property
+    def method_contract(self):
+        return get_method(self.method or self.task_contract.default_method)
+
     # --- derived configs -------------------------------------------------------------
-    def base_method(self):
-        """Every method knob before the searched ones: preset + fixed (classification) or
-        the diffusion config's defaults + fixed."""
-        if self.task == "diffusion":
-            return self._diffusion_config({}, self.seeds[0])
-        size = model_info(self.model).size
-        preset = method_preset(self.preset, size, ForgetSpec.parse(self.forget).kind)
-        return dataclasses.replace(preset, **_tuples(self.fixed))
-
-    def _diffusion_config(self, searched: dict, seed: int):
-        from orchestrator.diffusion.config import ClassifierRecipe, DiffusionRunConfig, GeneratorRecipe
-
-        return DiffusionRunConfig(
-            dataset=self.dataset, data_dir=self.data_dir, forget=self.forget, seed=seed, split_seed=self.split_seed,
-            generator=GeneratorRecipe(**_tuples(self.recipe)), classifier=ClassifierRecipe(**self.classifier),
-            **_tuples(self.fixed), **_tuples(searched),
-        )
-
     def run_config(self, searched: dict, seed: int):
-        """The config of one run: RunConfig (classification) or DiffusionRunConfig."""
-        if self.task == "diffusion":
-            return self._diffusion_config(searched, seed)
-        method = dataclasses.replace(self.base_method(), **_tuples(searched))
-        return RunConfig(
-            dataset=self.dataset, data_dir=self.data_dir, model=self.model, width=self.width, forget=self.forget,
-            seed=seed, split_seed=self.split_seed, recipe=TrainRecipe(**self.recipe), method=method,
-            kernels=self.kernels,
-        )
+        """The run config of one trial on one seed: the preset's knobs, then fixed, then searched."""
+        task, method = self.task_contract, self.method_contract
+        hints = typing.get_type_hints(task.config_class)
+        fields = {k: getattr(self, k) for k in task.spec_fields}
+        recipes = {field: hints[field](**tuples(getattr(self, key))) for key, field in task.spec_recipes.items()}
+        cfg = task.config_class(**fields, **recipes, seed=seed, method=method.name)
+        preset = method.preset(self.preset, **task.preset_context(cfg))
+        return dataclasses.replace(cfg, knobs=method.config(preset, **self.fixed, **searched))
 
     def default_point(self) -> dict | None:
         """The preset's values of the searched knobs, when all lie inside the ranges: trial 0."""
-        base = dataclasses.asdict(self.base_method())
+        base = dataclasses.asdict(self.run_config({}, self.seeds[0]).knobs)
         point = {k: base[k] for k in self.search}
         return point if all(self.search[k].contains(v) for k, v in point.items()) else None
 
 
-def task_knobs(task: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(reference-recipe knobs, method knobs) a task accepts."""
-    if task == "diffusion":
-        from orchestrator.diffusion.config import DiffusionRunConfig, GeneratorRecipe
-
-        fixed_by_spec = {"dataset", "data_dir", "forget", "seed", "split_seed", "generator", "classifier"}
-        method = tuple(f.name for f in dataclasses.fields(DiffusionRunConfig) if f.name not in fixed_by_spec)
-        return tuple(f.name for f in dataclasses.fields(GeneratorRecipe)), method
-    return RECIPE_KNOBS, METHOD_KNOBS
+# Run-config keys of a search space; a task uses those in its ``spec_fields``.
+RUN_KEYS = {"dataset", "data_dir", "model", "width", "forget", "split_seed", "kernels"}
 
 
 def _only(keys, allowed, where: str) -> None:
     unknown = sorted(set(keys) - set(allowed))
     if unknown:
         raise ValueError(f"unknown {where} key(s) {unknown}; allowed: {', '.join(allowed)}")
-
-
-def _tuples(d: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -236,10 +201,8 @@ def load_spec(path: str | Path) -> SweepSpec:
             msg = "unknown key"
         raise UserError(f"search space {path}: {loc}: {msg}") from None
     try:  # semantic checks that need the project's registries (model, forget spec, knob values)
-        spec.base_method().validate()
-        spec.run_config(spec.default_point() or {}, spec.seeds[0])
-        if spec.task == "classification":
-            model_info(spec.model)
+        cfg = spec.run_config(spec.default_point() or {}, spec.seeds[0])
+        cfg.validate()
     except (UserError, TypeError) as exc:
         raise UserError(f"search space {path}: {exc}") from None
     return spec

@@ -1,0 +1,71 @@
+"""Command-line flags built from config dataclasses: one flag per field, for every task,
+recipe and method config. Every default is None, so the config (or a preset) fills in what
+the user did not set. A class may name flag help (``HELP``), repeatable flags
+(``FLAG_NAMES``) and nested recipes with their flag prefix (``NESTED``)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any
+
+SKIPPED = ("method", "knobs")  # chosen by --method, filled from the method's own flags
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed true or false")
+    return text.lower() in ("true", "1", "yes")
+
+
+def _base_type(tp) -> type:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str, prefix: str = "",
+                     skip: tuple[str, ...] = ()) -> None:
+    """Flags for ``cls``'s fields in an argument group; nested recipes get their own groups."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    nested = getattr(cls, "NESTED", {})
+    helps, names = getattr(cls, "HELP", {}), getattr(cls, "FLAG_NAMES", {})
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.name in SKIPPED:
+            continue
+        if f.name in nested:
+            sub_prefix, sub_title = nested[f.name]
+            add_config_flags(parser, hints[f.name], sub_title, prefix=sub_prefix)
+            continue
+        flag = names.get(f.name) or f"--{prefix}{f.name}".replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": f"{prefix}{f.name}", "default": None, "help": helps.get(f.name)}
+        tp = hints[f.name]
+        if typing.get_origin(tp) is tuple:
+            inner = typing.get_args(tp)[0]
+            if f.name in names:
+                group.add_argument(flag, action="append", type=inner, metavar="TEXT", **kwargs)
+            else:
+                group.add_argument(flag, nargs="+", type=inner, metavar=f.name.upper()[:8], **kwargs)
+        elif tp is bool:
+            group.add_argument(flag, type=parse_bool, nargs="?", const=True, metavar="BOOL", **kwargs)
+        else:
+            group.add_argument(flag, type=_base_type(tp), **kwargs)
+
+
+def picked(args: argparse.Namespace, cls: type, prefix: str = "") -> dict:
+    """The fields of ``cls`` the user set on the command line (nested recipes not included)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f"{prefix}{f.name}", None)
+        if value is not None and f.name not in SKIPPED:
+            out[f.name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def config_from_args(args: argparse.Namespace, cls: type, **fields) -> Any:
+    """``cls`` from the flags: its own fields, each nested recipe from its prefixed flags, plus ``fields``."""
+    hints = typing.get_type_hints(cls)
+    values = {k: v for k, v in picked(args, cls).items() if k not in getattr(cls, "NESTED", {})}
+    for name, (prefix, _) in getattr(cls, "NESTED", {}).items():
+        values[name] = dataclasses.replace(hints[name](), **picked(args, hints[name], prefix))
+    return cls(**{**values, **fields})

@@ -1,0 +1,119 @@
+"""What more than one method uses: parameter selection, re-initialisation specs, the gradient
+projection of Scissorhands, and the one repair loop every fine-tuning method runs."""
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections import defaultdict
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+import kernels
+from orchestrator.training import check_finite
+
+
+def matching(model: nn.Module, patterns: tuple[str, ...]) -> list[tuple[str, nn.Parameter]]:
+    regex = [re.compile(p) for p in patterns]
+    return [(n, p) for n, p in model.named_parameters() if any(r.search(n) for r in regex)]
+
+
+def init_specs(model: nn.Module, trim_names: set[str], init: str) -> list[kernels.InitSpec | None]:
+    """Per parameter (model order): None if not trimmable, else the layer's default init.
+
+    Only conv / linear parameters are trimmable (the reference excludes normalisation layers).
+    kaiming_uniform(a=sqrt(5)) has bound 1/sqrt(fan_in); biases start at zero.
+    """
+    specs: dict[str, kernels.InitSpec | None] = {}
+    for mod_name, module in model.named_modules():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            full = f"{mod_name}.{pname}" if mod_name else pname
+            if full not in trim_names:
+                continue
+            if init == "zeros" or pname == "bias":
+                specs[full] = kernels.InitSpec(0.0, 0.0)
+            else:
+                bound = 1.0 / math.sqrt(p[0].numel())
+                specs[full] = kernels.InitSpec(-bound, bound)
+    return [specs.get(n) for n, _ in model.named_parameters()]
+
+
+class GradientProjection:
+    """GEM projection of the repair gradient of the named parameters against the memory
+    r = grad(-L_f), taken from a frozen copy of the model at the start of every epoch."""
+
+    def __init__(self, model: nn.Module, names: list[str], *, strength: float, eps: float, scope: str,
+                 every: int, backend: str | None):
+        named = dict(model.named_parameters())
+        self.model, self.names, self.params = model, names, [named[n] for n in names]
+        self.strength, self.eps, self.scope, self.every, self.backend = strength, eps, scope, every, backend
+        self.memory: list[torch.Tensor] = []
+
+    def remember(self, forget_grads: Callable[[nn.Module, list[nn.Parameter]], list], batches: int,
+                 train_mode: bool) -> None:
+        """r = sum over ``batches`` of -dL_f/dtheta on a frozen copy (``forget_grads(copy, params)``)."""
+        frozen = copy.deepcopy(self.model).train(train_mode)
+        named = dict(frozen.named_parameters())
+        params = [named[n].requires_grad_(True) for n in self.names]
+        memory = [torch.zeros_like(p) for p in params]
+        for _ in range(batches):
+            grads = forget_grads(frozen, params)
+            torch._foreach_add_(memory, [-g if g is not None else torch.zeros_like(m) for g, m in zip(grads, memory)])
+        self.memory = memory
+
+    def __call__(self, step: int) -> dict[str, float]:
+        """Project the gradients in place (every ``every`` steps); returns whether it fired."""
+        if step % self.every:
+            return {"projection_rate": 0.0}
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        coef = kernels.project_([p.grad for p in self.params], self.memory, self.strength, self.eps, self.scope,
+                                backend=self.backend)
+        return {"projection_rate": float(bool((coef != 0).any()))}
+
+
+def repair_loop(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    steps: Callable[[int], Iterable[Any]],
+    loss: Callable[[Any], tuple[torch.Tensor, dict[str, float]]],
+    before_step: Callable[[int, Any], dict[str, float]] | None = None,
+    start_epoch: Callable[[int], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    where: str,
+    hint: str,
+) -> list[dict]:
+    """``epochs`` passes over ``steps(epoch)``: loss, finiteness check, backward, the method's
+    ``before_step`` hook (e.g. a projection), optimizer step. Each epoch's record holds the mean
+    of every statistic the loss and the hook return; ``on_epoch`` gets it (and may raise)."""
+    history = []
+    for epoch in range(epochs):
+        if start_epoch:
+            start_epoch(epoch)
+        model.train()
+        sums: dict[str, float] = defaultdict(float)
+        n = 0
+        for step, batch in enumerate(steps(epoch)):
+            value, stats = loss(batch)
+            check_finite(value, f"in {where} epoch {epoch} step {step}", hint)
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            if before_step:
+                stats = {**stats, **before_step(step, batch)}
+            optimizer.step()
+            for key, v in stats.items():
+                sums[key] += v
+            n += 1
+        record = {"epoch": epoch, **{k: v / max(1, n) for k, v in sums.items()}}
+        history.append(record)
+        if on_epoch:
+            on_epoch(dict(record))
+    model.eval()
+    return history

@@ -1,0 +1,87 @@
+"""Driver side of a sweep: each finished trial goes into the Parquet table, and the Pareto
+flags are refreshed, as results arrive."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from ray.tune import Callback
+
+from orchestrator.stats import PAIRED_KEYS, STAT_SUFFIXES
+from orchestrator.sweep.frontier import pareto_mask
+from orchestrator.sweep.results import ResultsTable
+from orchestrator.sweep.spec import SweepSpec
+
+REPORTED_EXTRA = {"status", "error", "mlflow_run_id", "node_ip", "node_id"}
+
+
+class ResultsCallback(Callback):
+    """Upsert each finished trial into Parquet and refresh the Pareto flags. Pickled with the
+    experiment, so a resumed sweep keeps writing the same table."""
+
+    def __init__(self, spec: SweepSpec, results_path: Path):
+        self.spec, self.results_path = spec, Path(results_path)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._record(trial, trial.last_result or {}, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._record(trial, trial.last_result or {}, _error_text(trial))
+
+    def _record(self, trial, result: dict, error: str | None) -> None:
+        task = self.spec.task_contract
+        metric_keys = {*task.metrics, *task.baseline_metrics}
+        row = {"trial_id": trial.trial_id, "config": dict(trial.config)}
+        # A failed or pruned trial reports PENALTY to the searcher only: its table row has no metrics.
+        measured = result.get("status") == "ok"
+        for key, value in result.items():
+            if key in REPORTED_EXTRA or (measured and (base_metric(key) in metric_keys or key in PAIRED_KEYS)):
+                row[key] = value
+        if error is not None:
+            row.update({"status": "error", "error": error})
+        table = ResultsTable(self.results_path)
+        table.upsert([row])
+        refresh_pareto(self.spec, table)
+
+
+def base_metric(key: str) -> str:
+    for suffix in STAT_SUFFIXES:
+        if key.endswith(suffix):
+            return key.removesuffix(suffix)
+    return key
+
+
+def _error_text(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and os.path.exists(path):
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+        return lines[-1][:500] if lines else "error"
+    return "error"
+
+
+def refresh_pareto(spec: SweepSpec, table: ResultsTable) -> np.ndarray:
+    """Pareto flags on the seed means, and ``tied``: a trial off the frontier whose 95% intervals
+    overlap a frontier member's in every objective is not distinguishable from it."""
+    df = table.read()
+    if df.empty:
+        return np.zeros(0, dtype=bool)
+    ok = (df["status"] == "ok").to_numpy() if "status" in df else np.zeros(len(df), bool)
+    values, half = (_columns(df, [f"{o.metric}{suffix}" for o in spec.objectives]) for suffix in ("", "_ci95"))
+    values[~ok] = np.nan
+    mask = pareto_mask(values, [o.direction for o in spec.objectives])
+    half = np.nan_to_num(half, nan=0.0)
+    overlap = np.abs(values[:, None, :] - values[None, mask, :]) <= half[:, None, :] + half[None, mask, :]
+    tied = ok & ~mask & overlap.all(axis=2).any(axis=1)
+    table.set_column("pareto", dict(zip(df["trial_id"], map(bool, mask))))
+    table.set_column("tied", dict(zip(df["trial_id"], map(bool, tied))))
+    return mask
+
+
+def _columns(df, names: list[str]) -> np.ndarray:
+    """Float matrix of the named columns; a missing column is all NaN."""
+    out = np.full((len(df), len(names)), np.nan)
+    for j, c in enumerate(names):
+        if c in df:
+            out[:, j] = df[c].to_numpy(dtype=float)
+    return out

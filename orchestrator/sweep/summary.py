@@ -1,0 +1,107 @@
+"""What a sweep knows before and after its trials: the references (built once, their metrics
+as plot markers), the hypervolume reference point, and the final summary."""
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.stats import summarize
+from orchestrator.storage import atomic_write_json
+from orchestrator.sweep.callback import refresh_pareto
+from orchestrator.sweep.frontier import hypervolume, plot_frontier
+from orchestrator.sweep.paths import SweepPaths
+from orchestrator.sweep.results import ResultsTable
+from orchestrator.sweep.spec import SweepSpec
+
+
+def build_references(spec: SweepSpec, cache_dir: Path, progress: bool) -> dict[int, dict]:
+    """Every reference of every seed, before any trial; their metrics by seed and role."""
+    from orchestrator.training import set_threads
+
+    set_threads()
+    out = {}
+    for seed in spec.seeds:
+        metrics = spec.task_contract.build_references(spec.run_config({}, seed), cache_dir, progress)
+        if metrics:
+            out[seed] = metrics
+    return out
+
+
+def markers(spec: SweepSpec, refs: dict[int, dict]) -> dict[str, dict[str, float]]:
+    """Original and retrain as points in objective space (gap metrics: retrain is 0): the mean
+    over seeds, and ``<metric>_ci95`` their seed spread."""
+    task = spec.task_contract
+    out = {}
+    for role in ("original", "retrain") if refs else ():
+        rows = [task.marker(r[role], r["retrain"]) for r in refs.values()]
+        out[role] = {}
+        for key in rows[0]:
+            s = summarize(m[key] for m in rows)
+            out[role].update({key: s.mean, f"{key}_ci95": s.ci95})
+    return out
+
+
+def reference_point(spec: SweepSpec, markers: dict[str, dict[str, float]], observed: np.ndarray) -> list[float]:
+    """Hypervolume reference: each objective as the retrain model scores it; for a gap metric
+    (0 for retrain by definition) the original model's gap instead; for a metric the
+    references do not have (RTE_s) the worst value observed in the sweep."""
+    point = []
+    for j, obj in enumerate(spec.objectives):
+        role = "original" if obj.metric in spec.task_contract.gap_metrics else "retrain"
+        value = markers.get(role, {}).get(obj.metric, math.nan)
+        if math.isnan(value):
+            value = float(np.nanmax(observed[:, j]) if obj.direction == "min" else np.nanmin(observed[:, j]))
+        point.append(value)
+    return point
+
+
+def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking_uri: str, parent_run_id: str,
+             timing: dict[str, float]) -> dict:
+    """Frontier flags, hypervolume, plot; logged to the parent run and tagged on children."""
+    from mlflow.tracking import MlflowClient
+
+    table = ResultsTable(paths.results)
+    mask = refresh_pareto(spec, table)
+    df = table.read()
+    client = MlflowClient(tracking_uri)
+    summary = {"trials": int(len(df)), "completed": int((df.get("status") == "ok").sum()) if len(df) else 0,
+               "frontier": int(mask.sum()), "timing": timing}
+    if len(df) and mask.any():
+        cols = [o.metric for o in spec.objectives]
+        front = df.loc[mask, cols].to_numpy(dtype=float)
+        ok_mask = (df["status"] == "ok").to_numpy()
+        points = markers(spec, refs)
+        ref_point = reference_point(spec, points, df.loc[ok_mask, cols].to_numpy(dtype=float))
+        summary["hypervolume"] = hypervolume(front, [o.direction for o in spec.objectives], ref_point)
+        summary["hypervolume_reference_point"] = ref_point
+        ok = df[ok_mask]
+        plotted = plot_frontier(df, [(o.metric, o.direction) for o in spec.objectives], paths.plot,
+                                markers=points or None)
+        summary["plots"] = [str(p) for p in plotted]
+        for p in plotted:
+            client.log_artifact(parent_run_id, str(p))
+        client.log_metric(parent_run_id, "hypervolume", summary["hypervolume"])
+        if "avg_gap" in ok:
+            client.log_metric(parent_run_id, "best_avg_gap", float(ok["avg_gap"].min()))
+    for row, on_front in zip(df.itertuples(), mask):
+        run_id = getattr(row, "mlflow_run_id", None)
+        if isinstance(run_id, str) and run_id:
+            client.set_tag(run_id, "pareto", "true" if on_front else "false")
+    client.log_artifact(parent_run_id, str(paths.results))
+    atomic_write_json(paths.root / "summary.json", summary)
+    client.set_terminated(parent_run_id, "FINISHED")
+    return summary
+
+
+def code_version() -> str:
+    from orchestrator import __version__
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__

@@ -1,0 +1,136 @@
+"""The task contract (classification, diffusion) and its registry.
+
+A task knows its run config class, how to build and cache its references, how to run one
+configuration on one seed (through the method registry) and what metrics that yields. The
+CLI, the trial and the sweep call these, never a task by name.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from torch import nn
+
+from orchestrator.errors import DivergenceError, UserError
+
+BUILTIN: dict[str, str] = {
+    "classification": "orchestrator.tasks.classification:TASK",
+    "diffusion": "orchestrator.tasks.diffusion:TASK",
+}
+
+
+@dataclass
+class TrialResult:
+    report: dict  # the JSON contract: original / retrain / unlearned (+ task summaries) / config
+    model: nn.Module
+    history: list[dict]
+    extras: dict  # every metric, method statistics, artifacts
+
+
+@dataclass
+class SeedRun:
+    """One configuration on one seed, flattened for a sweep: metrics and what to log."""
+
+    metrics: dict[str, float]
+    model: nn.Module
+    forget_digest: str
+    artifacts: list[str]
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    default_method: ClassVar[str]
+    core_metrics: ClassVar[tuple[str, ...]]  # the report's columns
+    metrics: ClassVar[tuple[str, ...]]  # what a sweep trial reports: the objectives allowed
+    gap_metrics: ClassVar[tuple[str, ...]]  # objectives that are 0 for retrain by definition
+    baseline_metrics: ClassVar[tuple[str, ...]] = ()  # the untouched original's, for paired comparisons
+    utility_metric: ClassVar[str]  # accuracy that must stay clear of chance (the collapse check)
+    # search-space keys that set a nested recipe of the run config: YAML key -> config field
+    spec_recipes: ClassVar[dict[str, str]]
+    spec_fields: ClassVar[tuple[str, ...]]  # search-space keys copied into the run config
+
+    def preset_context(self, cfg: Any) -> dict[str, str]:
+        """What a method's preset depends on (model size, kind of forget set)."""
+        return {}
+
+    @abstractmethod
+    def build_references(self, cfg: Any, cache_dir: Path, progress: bool = True) -> dict[str, dict]:
+        """Train or load every reference ``cfg`` needs; their core metrics by role (may be empty)."""
+
+    @abstractmethod
+    def run(self, cfg: Any, cache_dir: Path, *, progress: bool = True,
+            on_epoch: Callable[[dict], None] | None = None, artifact_dir: Path | None = None,
+            build: bool = True) -> TrialResult:
+        """One unlearning run, evaluated against its references (``build=False``: they must exist)."""
+
+    def run_seed(self, cfg: Any, cache_dir: Path, *, build: bool, on_epoch: Callable[[dict], None] | None = None,
+                 artifact_dir: Path | None = None, progress: bool = False) -> SeedRun:
+        """``run`` flattened into sweep metrics."""
+        result = self.run(cfg, cache_dir, progress=progress, on_epoch=on_epoch, artifact_dir=artifact_dir,
+                          build=build)
+        return SeedRun(self.trial_metrics(result.report), result.model, result.extras["forget_digest"],
+                       result.extras.get("artifacts", []))
+
+    @abstractmethod
+    def trial_metrics(self, report: dict) -> dict[str, float]:
+        """The flat metrics of one report (what ``metrics`` names)."""
+
+    @abstractmethod
+    def format_table(self, report: dict) -> str:
+        """The text table ``scissorhands unlearn`` prints."""
+
+    def core(self, metrics: dict | None, keys: tuple[str, ...] | None = None, digits: int = 4) -> dict | None:
+        """The named metrics (default: the core ones) a model has, rounded."""
+        if metrics is None:
+            return None
+        return {k: round(float(metrics[k]), digits) for k in keys or self.core_metrics if k in metrics}
+
+    def report(self, metrics: dict[str, dict | None], seconds: float, cfg: Any,
+               keys: tuple[str, ...] | None = None, digits: int = 4) -> dict:
+        """The one report shape: each role's core metrics (rounded; None where a role has no
+        model), RTE, the task's summary figures, and the config (with its task)."""
+        out = {role: self.core(metrics.get(role), keys, digits) for role in ("original", "retrain")}
+        out["unlearned"] = self.core(metrics["unlearned"], keys, digits) | {"RTE_s": round(seconds, 3)}
+        out.update(self.summary(metrics))
+        if cfg is not None:
+            out["config"] = {"task": self.name, **cfg.to_dict()}
+        return out
+
+    def summary(self, metrics: dict[str, dict | None]) -> dict[str, float]:
+        return {}
+
+    def marker(self, metrics: dict, retrain: dict) -> dict[str, float]:
+        """A reference model as a point in objective space (no RTE)."""
+        return self.trial_metrics(self.report({"original": metrics, "retrain": retrain, "unlearned": metrics},
+                                              math.nan, None))
+
+    def check_collapse(self, original: dict, unlearned: dict, classes: int, hint: str) -> None:
+        """A model that was clearly working and now sits at chance has been destroyed, not unlearned."""
+        chance = 100.0 / classes
+        key = self.utility_metric
+        if original[key] >= 3 * chance and unlearned[key] <= 1.5 * chance:
+            raise DivergenceError(
+                f"unlearned model collapsed: {key} {unlearned[key]:.1f}% is at chance level ({chance:.1f}% for "
+                f"{classes} classes; original {original[key]:.1f}%); {hint}"
+            )
+
+
+_LOADED: dict[str, Task] = {}
+
+
+def list_tasks() -> list[str]:
+    return sorted(BUILTIN)
+
+
+def get_task(name: str) -> Task:
+    if name not in _LOADED:
+        if name not in BUILTIN:
+            raise UserError(f"--task {name!r}: unknown; allowed: {', '.join(list_tasks())}")
+        module, attr = BUILTIN[name].split(":")
+        _LOADED[name] = getattr(importlib.import_module(module), attr)
+    return _LOADED[name]

@@ -1,0 +1,104 @@
+"""Classification: forget part of a classifier's training set (class-wise, random, mislabeled)."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from orchestrator.config import RunConfig
+from orchestrator.data import ForgetSpec, UnlearnData, load_dataset, split_forget
+from orchestrator.evaluation import CORE_METRICS, MIA_VARIANTS, avg_gap, evaluate
+from orchestrator.methods import get_method
+from orchestrator.models import model_info
+from orchestrator.references import References, get_references, reference_metrics
+from orchestrator.tasks import Task, TrialResult
+
+GAP_METRICS = ("avg_gap", "forget_gap", "retain_gap", *(f"gap_{k}" for k in CORE_METRICS))
+
+
+def prepare(cfg: RunConfig) -> UnlearnData:
+    """The run's data split; everything cheap is validated first, so bad input fails before any training."""
+    model_info(cfg.model)
+    cfg.validate()
+    forget = ForgetSpec.parse(cfg.forget)
+    return split_forget(load_dataset(cfg.dataset, cfg.data_dir, cfg.split_seed), forget, cfg.seed)
+
+
+class Classification(Task):
+    name = "classification"
+    config_class = RunConfig
+    default_method = "scissorhands"
+    core_metrics = CORE_METRICS
+    metrics = (
+        *CORE_METRICS,
+        *(f"MIA_{v}" for v in MIA_VARIANTS if v != "confidence"),
+        "RTE_s",
+        "avg_gap",
+        *(f"gap_{m}" for m in CORE_METRICS),
+        "forget_gap",  # mean of |UA - UA_rt| and |MIA - MIA_rt|: how far from forgetting like retrain
+        "retain_gap",  # mean of |RA - RA_rt| and |TA - TA_rt|: how far from keeping utility like retrain
+    )
+    gap_metrics = GAP_METRICS
+    baseline_metrics = ("avg_gap_original",)
+    utility_metric = "RA"
+    spec_recipes = {"recipe": "recipe"}
+    spec_fields = ("dataset", "data_dir", "model", "width", "forget", "split_seed", "kernels")
+
+    def preset_context(self, cfg: RunConfig) -> dict[str, str]:
+        return {"model_size": model_info(cfg.model).size, "forget_kind": ForgetSpec.parse(cfg.forget).kind}
+
+    def build_references(self, cfg: RunConfig, cache_dir: Path, progress: bool = True) -> dict[str, dict]:
+        data = prepare(cfg)
+        refs = get_references(cfg, data, cache_dir, progress=progress)
+        return {role: self.core(reference_metrics(getattr(refs, role), data)) for role in ("original", "retrain")}
+
+    def run(self, cfg: RunConfig, cache_dir: Path, *, progress: bool = True,
+            on_epoch: Callable[[dict], None] | None = None, artifact_dir: Path | None = None, build: bool = True,
+            data: UnlearnData | None = None, references: References | None = None) -> TrialResult:
+        data = data or prepare(cfg)
+        refs = references or get_references(cfg, data, cache_dir, progress, build=build)
+        metrics = {"original": reference_metrics(refs.original, data), "retrain": reference_metrics(refs.retrain, data)}
+
+        torch.manual_seed(cfg.seed)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        result = get_method(cfg.method).run(copy.deepcopy(refs.original.model), data, cfg.knobs, generator,
+                                            on_epoch=on_epoch, backend=cfg.kernels)
+        metrics["unlearned"] = evaluate(result.model, data)
+        self.check_collapse(metrics["original"], metrics["unlearned"], len(torch.unique(data.y_retain)),
+                            "lower --lr, --forget-weight or --trim-ratio")
+        report = self.report(metrics, result.seconds, cfg)
+        extras = {**metrics, **result.stats, "forget_digest": data.forget_digest()}
+        return TrialResult(report, result.model, result.history, extras)
+
+    def summary(self, metrics: dict[str, dict | None]) -> dict[str, float]:
+        retrain = metrics["retrain"]
+        return {"avg_gap": round(avg_gap(metrics["unlearned"], retrain), 4),
+                "avg_gap_original": round(avg_gap(metrics["original"], retrain), 4)}
+
+    def trial_metrics(self, report: dict) -> dict[str, float]:
+        """The contract's values plus gaps to retrain, and the untouched original's Avg. Gap on
+        the same seed (for the paired comparison)."""
+        u, rt = report["unlearned"], report["retrain"]
+        m = {k: float(u[k]) for k in (*CORE_METRICS, "RTE_s")}
+        m["avg_gap"] = float(report["avg_gap"])
+        m["avg_gap_original"] = float(report["avg_gap_original"])
+        for k in CORE_METRICS:
+            m[f"gap_{k}"] = abs(u[k] - rt[k])
+        m["forget_gap"] = (m["gap_UA"] + m["gap_MIA"]) / 2
+        m["retain_gap"] = (m["gap_RA"] + m["gap_TA"]) / 2
+        return m
+
+    def format_table(self, report: dict) -> str:
+        lines = [f"{'model':<10} {'UA':>7} {'RA':>7} {'TA':>7} {'MIA':>7} {'RTE_s':>8}"]
+        for role in ("original", "retrain", "unlearned"):
+            m = report[role]
+            rte = f"{m['RTE_s']:>8.1f}" if "RTE_s" in m else f"{'':>8}"
+            lines.append(f"{role:<10} {m['UA']:>7.2f} {m['RA']:>7.2f} {m['TA']:>7.2f} {m['MIA']:>7.2f} {rte}")
+        lines.append(f"Avg. Gap vs retrain: unlearned {report['avg_gap']:.3f}, "
+                     f"original {report['avg_gap_original']:.3f}")
+        return "\n".join(lines)
+
+
+TASK = Classification()
