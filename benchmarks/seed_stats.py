@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.config import RunConfig, TrainRecipe, method_preset  # noqa: E402
-from orchestrator.data import ForgetSpec  # noqa: E402
+from orchestrator.config import RunConfig, TrainRecipe  # noqa: E402
 from orchestrator.errors import DivergenceError  # noqa: E402
-from orchestrator.models import model_info  # noqa: E402
+from orchestrator.methods import get_method  # noqa: E402
+from orchestrator.tasks import get_task  # noqa: E402
 from orchestrator.stats import paired_improvement, summarize  # noqa: E402
 from orchestrator.training import set_threads  # noqa: E402
 from orchestrator.trial import run_unlearning  # noqa: E402
@@ -51,6 +51,7 @@ def main() -> None:
     p.add_argument("--dataset", default="mnist5k")
     p.add_argument("--model", default="resnet8")
     p.add_argument("--forget", default="random:0.1")
+    p.add_argument("--method", default="scissorhands")
     p.add_argument("--preset", default="auto")
     p.add_argument("--seeds", type=seeds_arg, default=[0, 1, 2])
     p.add_argument("--set", action="append", default=[], help="method knob KEY=VALUE")
@@ -58,13 +59,14 @@ def main() -> None:
     p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("SCISSORHANDS_CACHE", "/tmp/refcache")))
     args = p.parse_args()
     set_threads()
-    preset = method_preset(args.preset, model_info(args.model).size, ForgetSpec.parse(args.forget).kind)
-    method = dataclasses.replace(preset, **assignments(args.set, type(preset)))
+    method = get_method(args.method)
     recipe = TrainRecipe(**assignments(args.recipe, TrainRecipe))
+    base = RunConfig(dataset=args.dataset, model=args.model, forget=args.forget, recipe=recipe, method=method.name)
+    preset = method.preset(args.preset, **get_task(base.TASK).preset_context(base))
+    knobs = method.config(preset, **assignments(args.set, method.config_class))
     rows, diverged = [], []
     for seed in args.seeds:
-        cfg = RunConfig(dataset=args.dataset, model=args.model, forget=args.forget, seed=seed, recipe=recipe,
-                        method=method)
+        cfg = dataclasses.replace(base, seed=seed, knobs=knobs)
         try:
             r = run_unlearning(cfg, args.cache_dir, progress=False).report
         except DivergenceError as exc:
@@ -75,7 +77,7 @@ def main() -> None:
                "unlearned": r["unlearned"], "original": r["original"], "retrain": r["retrain"]}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    summary = {"forget": args.forget, "preset": args.preset, "set": args.set, "recipe": args.recipe,
+    summary = {"forget": args.forget, "method": args.method, "preset": args.preset, "set": args.set, "recipe": args.recipe,
                "seeds": args.seeds, "diverged": diverged}
     if rows:
         for key in ("avg_gap", "avg_gap_original"):

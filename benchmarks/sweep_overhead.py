@@ -30,11 +30,10 @@ def main() -> None:
 
     import torch
 
-    from orchestrator.references import get_references
     from orchestrator.sweep.results import ResultsTable
     from orchestrator.sweep.spec import load_spec
     from orchestrator.sweep.tuner import run_sweep
-    from orchestrator.trial import prepare, run_unlearning
+    from orchestrator.trial import run_unlearning
 
     work = Path(tempfile.mkdtemp(prefix="sweep-overhead-"))
     build_log = work / "builds.log"
@@ -58,9 +57,7 @@ def main() -> None:
         searched = {k: (int(v) if spec.search[k].type == "int" else v) for k, v in searched.items()}
         cfg = spec.run_config(searched, spec.seeds[0])
         start = time.perf_counter()
-        data = prepare(cfg)
-        result = run_unlearning(cfg, cache, data=data, references=get_references(cfg, data, cache, build=False),
-                                progress=False)
+        result = run_unlearning(cfg, cache, build=False, progress=False)
         in_process.append(time.perf_counter() - start)
         rte_in_process.append(result.report["unlearned"]["RTE_s"])
     per_trial_direct = sum(in_process) / len(in_process)

@@ -8,7 +8,7 @@ Backends share one API and are chosen per call by device, or forced with
 * ``reference`` (:mod:`kernels.reference`): plain torch, the oracle; its docstring holds the
   tie rule and the random-stream rule every backend follows.
 * ``fused`` (:mod:`kernels.fused`, CPU default): small C loops (built on first use, see
-  :mod:`kernels._native`), exact threshold by a sample-bracket search (:mod:`kernels._select`)
+  :mod:`kernels.native`), exact threshold by a sample-bracket search (:mod:`kernels.selection`)
   in ~1 streaming pass, extra memory ~1% of the parameter bytes; bit-identical to the
   reference on CPU.
 * ``triton`` (:mod:`kernels.triton_backend`, CUDA default when triton imports): one launch

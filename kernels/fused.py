@@ -2,9 +2,9 @@
 :mod:`kernels.reference` (thresholds, trimmed weights, random stream) on CPU.
 
 * Scores are never stored: every pass recomputes ``|w * G|`` from ``w`` and ``G`` in
-  segments of :data:`SEG` entries inside small C loops (:mod:`kernels._native`), spread over
+  segments of :data:`SEG` entries inside small C loops (:mod:`kernels.native`), spread over
   ``torch.get_num_threads()`` threads (ctypes releases the GIL).
-* ``select_threshold``: the sample-bracket search of :mod:`kernels._select`: a strided sample,
+* ``select_threshold``: the sample-bracket search of :mod:`kernels.selection`: a strided sample,
   then normally ONE counting pass that also collects the few scores inside the bracket.
   Extra memory: the sample (<= 2**17 floats) and the candidates (at most
   :data:`CAND_FRACTION` of the parameter bytes; more triggers the exact bisection fallback).
@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from kernels import _native, _select, reference
+from kernels import native, reference, selection
 from kernels.reference import InitSpec, Threshold
 
 Tensors = Sequence[torch.Tensor]
@@ -119,7 +119,7 @@ def _buffers(n: int = SEG) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def accumulate_abs_grad_(buffers: Tensors, grads: Tensors) -> None:
     """buffers[i] += |grads[i]|, one pass per tensor, no temporaries beyond a segment."""
-    lib = _native.load()
+    lib = native.load()
     segs_c, rest = [], []
     for i, (buf, g) in enumerate(zip(buffers, grads, strict=True)):
         if buf.shape != g.shape:
@@ -164,7 +164,7 @@ def _check_pairs(weights: Tensors, grad_sums: Tensors) -> None:
 def sample_scores(weights: Tensors, grad_sums: Tensors, size: int) -> torch.Tensor:
     """Every stride-th score of the concatenated order (float32, computed like the reference)."""
     numels = [w.numel() for w in weights]
-    stride, starts = _select.sample_plan(numels, size)
+    stride, starts = selection.sample_plan(numels, size)
     parts = []
     for w, g, s in zip(weights, grad_sums, starts):
         if s < w.numel():
@@ -184,7 +184,7 @@ def _count_collect(lib, weights: Tensors, grad_sums: Tensors):
     wv = [_F32(_flat(w)) for w in weights]
     gv = [_F32(_flat(g)) for g in grad_sums]
 
-    def count_collect(lo: float, hi: float, cap: int) -> _select.Counts:
+    def count_collect(lo: float, hi: float, cap: int) -> selection.Counts:
         def job(group):
             def run():
                 total = [0, 0, 0, 0]
@@ -216,8 +216,8 @@ def _count_collect(lib, weights: Tensors, grad_sums: Tensors):
         tot = [sum(r[0][k] for r in results) for k in range(4)]
         found = results[0][1] if len(results) == 1 else torch.cat([r[1] for r in results])
         if any(r[2] for r in results) or tot[3] > cap:
-            return _select.Counts(tot[0], tot[1], tot[2], tot[3], None, found)
-        return _select.Counts(tot[0], tot[1], tot[2], tot[3], found)
+            return selection.Counts(tot[0], tot[1], tot[2], tot[3], None, found)
+        return selection.Counts(tot[0], tot[1], tot[2], tot[3], found)
 
     return count_collect
 
@@ -233,13 +233,13 @@ def select_threshold(
 ) -> Threshold:
     """The exact reference threshold in ~1 streaming pass (``sample_size``/``cand_cap``: tuning, tests)."""
     _check_pairs(weights, grad_sums)
-    lib = _native.load()
+    lib = native.load()
     if lib is None:
         return reference.select_threshold(weights, grad_sums, n_select)
     total = sum(w.numel() for w in weights)
-    size = _select.sample_size(total) if sample_size is None else min(total, sample_size)
+    size = selection.sample_size(total) if sample_size is None else min(total, sample_size)
     with torch.no_grad():
-        return _select.find_threshold(
+        return selection.find_threshold(
             n_select,
             total,
             lambda: sample_scores(weights, grad_sums, size),
@@ -283,7 +283,7 @@ def masked_reinit_(
     _check_pairs(weights, grad_sums)
     if len(inits) != len(weights):
         raise ValueError(f"{len(weights)} weights but {len(inits)} init specs")
-    lib = _native.load()
+    lib = native.load()
     if lib is None:
         return reference.masked_reinit_(weights, grad_sums, threshold, inits, generator)
     device = weights[0].device if len(weights) else torch.device("cpu")
@@ -416,7 +416,7 @@ def project_(
     for i, (g, r) in enumerate(zip(grads, refs)):
         if g.shape != r.shape:
             raise ValueError(f"gradient {i} has shape {tuple(g.shape)}, reference {tuple(r.shape)}")
-    lib = _native.load()
+    lib = native.load()
     if lib is None or any(t.dtype not in _ROUND_TRIP for t in (*grads, *refs)):
         return reference.project_(grads, refs, margin, eps, scope)  # e.g. float64: keep its precision
     gr_l, rr_l = _dots(lib, grads, refs)

@@ -1,8 +1,8 @@
 """Triton backend for CUDA tensors (float32, bfloat16, float16; math in float32).
 
-One launch per operation covers the whole tensor list (see :mod:`kernels._triton_kernels`).
+One launch per operation covers the whole tensor list (see :mod:`kernels.triton_kernels`).
 Thresholds and masks are bit-identical to the reference; the selection uses the sample-bracket
-search of :mod:`kernels._select` (normally one counting pass, a few small device syncs).
+search of :mod:`kernels.selection` (normally one counting pass, a few small device syncs).
 Differences from the reference, by design:
 
 * ``masked_reinit_`` consumes the caller's generator exactly like the reference (one draw,
@@ -29,8 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import _select, reference
-from kernels import _triton_kernels as K
+from kernels import reference, selection
+from kernels import triton_kernels as K
 from kernels.reference import InitSpec, Threshold
 
 Tensors = Sequence[torch.Tensor]
@@ -246,7 +246,7 @@ def _cand_cap(weights: Tensors) -> int:
 def _count_collect(plans: list[_Plan], device: torch.device):
     progs = [_programs(device, p.n_blocks) for p in plans]
 
-    def count_collect(lo: float, hi: float, cap: int) -> _select.Counts:
+    def count_collect(lo: float, hi: float, cap: int) -> selection.Counts:
         region = max(1, cap // max(1, sum(progs)))
         cand = torch.empty(sum(progs) * region, dtype=torch.float32, device=device)
         counts = torch.empty(sum(progs), 5, dtype=torch.int64, device=device)
@@ -260,8 +260,8 @@ def _count_collect(plans: list[_Plan], device: torch.device):
         keep = torch.arange(region, device=device)[None, :] < fills[:, None]
         found = cand.view(-1, region)[keep]
         if max_fill > region:
-            return _select.Counts(gt, eqh, eql, ins, None, found)
-        return _select.Counts(gt, eqh, eql, ins, found)
+            return selection.Counts(gt, eqh, eql, ins, None, found)
+        return selection.Counts(gt, eqh, eql, ins, found)
 
     return count_collect
 
@@ -284,9 +284,9 @@ def select_threshold(
     if n_select == 0:
         return Threshold(tau=float("inf"), take_ties=0, n_selected=0)
     device = weights[0].device
-    size = _select.sample_size(total) if sample_size is None else min(total, sample_size)
+    size = selection.sample_size(total) if sample_size is None else min(total, sample_size)
     info: dict = {}
-    th = _select.find_threshold(
+    th = selection.find_threshold(
         n_select,
         total,
         lambda: sample_scores(weights, grad_sums, size, plans),

@@ -22,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.spaces import tiny_space
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Loopback-only, no token auth: set before any Ray process starts (conftest does the same).
@@ -38,26 +40,8 @@ FAST_NODE_DEATH = {
 
 
 def tiny_spec(name: str, trials: int = 4) -> str:
-    """A sweep that runs in about a minute on 2 CPUs: width 4, one epoch everywhere."""
-    return f"""\
-name: {name}
-dataset: mnist5k
-model: resnet8
-width: 4
-forget: class:3
-recipe: {{epochs: 1}}
-fixed: {{epochs: 1}}
-search:
-  trim_ratio: {{type: loguniform, low: 0.005, high: 0.05}}
-  lr: {{type: loguniform, low: 0.002, high: 0.02}}
-objectives:
-  - {{metric: gap_UA, direction: min}}
-  - {{metric: RA, direction: max}}
-trials: {trials}
-seeds: [0]
-resources: {{cpu: 1}}
-max_concurrent: 2
-"""
+    """The tests' tiny space with the two objectives the cluster tests plot."""
+    return tiny_space(name, trials, objectives=(("gap_UA", "min"), ("RA", "max")))
 
 
 def free_port() -> int:

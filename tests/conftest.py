@@ -27,6 +27,15 @@ def _threads():
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (tiny models run faster so, and like one Ray trial)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory):
     """One reference cache for the whole session: each tiny reference is trained once."""

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kernels
-from kernels import _native, _select, fused, reference
+from kernels import fused, native, reference, selection
 from kernels.reference import InitSpec, Threshold
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -393,7 +393,7 @@ def test_backend_resolution(monkeypatch):
 
 def test_fused_falls_back_to_the_reference_without_a_compiler(monkeypatch):
     monkeypatch.setenv("SCISSORHANDS_NATIVE", "0")
-    assert _native.load() is None
+    assert native.load() is None
     ws = [torch.tensor([3.0, 1.0, 2.0])]
     gs = [torch.ones(3)]
     assert fused.select_threshold(ws, gs, 2) == Threshold(2.0, 1, 2)
@@ -405,7 +405,7 @@ def test_fused_falls_back_to_the_reference_without_a_compiler(monkeypatch):
 def test_native_library_builds_here():
     if os.environ.get("SCISSORHANDS_NATIVE", "1") == "0":
         pytest.skip("native library disabled")
-    assert _native.load() is not None
+    assert native.load() is not None
 
 
 def test_import_kernels_needs_no_triton(tmp_path):
@@ -429,20 +429,20 @@ def test_import_kernels_needs_no_triton(tmp_path):
 
 def test_key_round_trip():
     for x in (0.0, 1.401298464324817e-45, 1.5, 3.4028234663852886e38, float("inf")):
-        assert _select.key_f32(_select.f32_key(x)) == x
-    assert _select.f32_key(float("inf")) == _select.INF_KEY
+        assert selection.key_f32(selection.f32_key(x)) == x
+    assert selection.f32_key(float("inf")) == selection.INF_KEY
 
 
 def test_portable_build_of_the_c_loops_matches_the_native_one(tmp_path):
     """The library without -march=native (the generic-vector and scalar paths) gives the same answers."""
     import ctypes
 
-    native = _native.load()
-    if native is None:
+    built = native.load()
+    if built is None:
         pytest.skip("no C compiler")
     target = tmp_path / "portable.so"
-    assert _native.compile_to(target, native=False)
-    portable = _native.bind(ctypes.CDLL(str(target)))
+    assert native.compile_to(target, native=False)
+    portable = native.bind(ctypes.CDLL(str(target)))
     gen = torch.Generator().manual_seed(5)
     n = 64 * 40 + 13
     w = torch.round(torch.randn(n, generator=gen) * 4) / 4
@@ -451,7 +451,7 @@ def test_portable_build_of_the_c_loops_matches_the_native_one(tmp_path):
     lo, hi = float(s.kthvalue(n - 300).values), float(s.kthvalue(n - 40).values)
     tau = float(s.kthvalue(n - 100).values)
     results = []
-    for lib in (native, portable):
+    for lib in (built, portable):
         counts = (ctypes.c_int64 * 4)()
         cand = torch.zeros(n)
         fill = lib.sh_count_collect(w.data_ptr(), g.data_ptr(), n, lo, hi, ctypes.addressof(counts), cand.data_ptr(), n, 0)

@@ -16,33 +16,11 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from orchestrator.sweep.results import ResultsTable
+from tests.spaces import tiny_space
 
-TINY = """
-name: {name}
-dataset: mnist5k
-model: resnet8
-width: 4
-forget: class:3
-recipe: {{epochs: 1}}
-fixed: {{epochs: 1}}
-search:
-  trim_ratio: {{type: loguniform, low: 0.005, high: 0.05}}
-  lr: {lr}
-objectives:
-  - {{metric: gap_UA, direction: min}}
-  - {{metric: RA, direction: max}}
-  - {{metric: RTE_s, direction: min}}
-trials: {trials}
-seeds: {seeds}
-resources: {{cpu: 1}}
-max_concurrent: {concurrent}
-"""
-
-
-def write_space(tmp_path, name="tiny", trials=4, concurrent=2,
-                lr="{type: loguniform, low: 0.002, high: 0.02}", seeds="[0]") -> str:
+def write_space(tmp_path, name="tiny", **options) -> str:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(TINY.format(name=name, trials=trials, concurrent=concurrent, lr=lr, seeds=seeds))
+    path.write_text(tiny_space(name, **options))
     return str(path)
 
 

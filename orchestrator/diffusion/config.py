@@ -12,17 +12,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import UserError
+from orchestrator.errors import UserError, need, need_positive_ints
 from orchestrator.methods import get_method, method_knobs, tuples
 
 DEVICES = ("auto", "cpu", "cuda")
 NOISE_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
 IMAGE_SIZES = (8, 16, 28, 32)
-
-
-def _need(ok: bool, msg: str) -> None:
-    if not ok:
-        raise UserError(msg)
 
 
 @dataclass(frozen=True)
@@ -49,19 +44,18 @@ class GeneratorRecipe:
     noise_schedule: str = "squaredcos_cap_v2"
 
     def validate(self) -> None:
-        _need(len(self.widths) >= 2 and all(w >= 1 for w in self.widths),
+        need(len(self.widths) >= 2 and all(w >= 1 for w in self.widths),
               f"--gen-widths {self.widths}: need at least 2 positive channel widths, e.g. 32 64 64")
-        _need(all(w % self.norm_groups == 0 for w in self.widths),
+        need(all(w % self.norm_groups == 0 for w in self.widths),
               f"--gen-norm-groups {self.norm_groups}: must divide every width in {self.widths}")
-        for name in ("layers_per_block", "attention_head_dim", "norm_groups", "steps", "batch_size", "train_timesteps"):
-            value = getattr(self, name)
-            _need(isinstance(value, int) and value >= 1, f"--gen-{name.replace('_', '-')} {value}: must be an integer >= 1")
-        _need(self.lr > 0 and math.isfinite(self.lr), f"--gen-lr {self.lr}: must be a positive number")
-        _need(self.weight_decay >= 0, f"--gen-weight-decay {self.weight_decay}: must be >= 0")
-        _need(self.warmup_steps >= 0, f"--gen-warmup-steps {self.warmup_steps}: must be >= 0")
-        _need(0.0 <= self.ema_decay < 1.0, f"--gen-ema-decay {self.ema_decay}: must be in [0, 1) (0 = no EMA)")
-        _need(0.0 <= self.p_uncond < 1.0, f"--gen-p-uncond {self.p_uncond}: must be in [0, 1)")
-        _need(self.noise_schedule in NOISE_SCHEDULES,
+        need_positive_ints(self, ("layers_per_block", "attention_head_dim", "norm_groups", "steps", "batch_size",
+                                  "train_timesteps"), "--gen-")
+        need(self.lr > 0 and math.isfinite(self.lr), f"--gen-lr {self.lr}: must be a positive number")
+        need(self.weight_decay >= 0, f"--gen-weight-decay {self.weight_decay}: must be >= 0")
+        need(self.warmup_steps >= 0, f"--gen-warmup-steps {self.warmup_steps}: must be >= 0")
+        need(0.0 <= self.ema_decay < 1.0, f"--gen-ema-decay {self.ema_decay}: must be in [0, 1) (0 = no EMA)")
+        need(0.0 <= self.p_uncond < 1.0, f"--gen-p-uncond {self.p_uncond}: must be in [0, 1)")
+        need(self.noise_schedule in NOISE_SCHEDULES,
               f"--gen-noise-schedule {self.noise_schedule!r}: allowed {', '.join(NOISE_SCHEDULES)}")
 
 
@@ -81,12 +75,10 @@ class ClassifierRecipe:
         from orchestrator.models import model_info
 
         model_info(self.model)
-        for name in ("width", "epochs", "batch_size"):
-            value = getattr(self, name)
-            _need(isinstance(value, int) and value >= 1, f"--clf-{name.replace('_', '-')} {value}: must be an integer >= 1")
-        _need(self.lr > 0 and math.isfinite(self.lr), f"--clf-lr {self.lr}: must be a positive number")
-        _need(0 <= self.momentum < 1, f"--clf-momentum {self.momentum}: must be in [0, 1)")
-        _need(self.weight_decay >= 0, f"--clf-weight-decay {self.weight_decay}: must be >= 0")
+        need_positive_ints(self, ("width", "epochs", "batch_size"), "--clf-")
+        need(self.lr > 0 and math.isfinite(self.lr), f"--clf-lr {self.lr}: must be a positive number")
+        need(0 <= self.momentum < 1, f"--clf-momentum {self.momentum}: must be in [0, 1)")
+        need(self.weight_decay >= 0, f"--clf-weight-decay {self.weight_decay}: must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -163,40 +155,37 @@ class DiffusionRunConfig:
 
     def validate(self) -> None:
         """Every check that needs no data or model, so bad input fails before any training."""
-        for name in ("samples_per_class", "ddim_steps", "grid_columns", "sd_samples_per_prompt"):
-            value = getattr(self, name)
-            _need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                  f"--{name.replace('_', '-')} {value}: must be an integer >= 1")
+        need_positive_ints(self, ("samples_per_class", "ddim_steps", "grid_columns", "sd_samples_per_prompt"))
         self.knobs.validate()
-        _need(self.guidance_scale >= 0 and math.isfinite(self.guidance_scale),
+        need(self.guidance_scale >= 0 and math.isfinite(self.guidance_scale),
               f"--guidance-scale {self.guidance_scale}: must be >= 0 (1 = no guidance, 0 = unconditional)")
-        _need(self.device in DEVICES, f"--device {self.device!r}: allowed {', '.join(DEVICES)}")
+        need(self.device in DEVICES, f"--device {self.device!r}: allowed {', '.join(DEVICES)}")
         anchor_class = getattr(self.knobs, "anchor_class", None)
         if self.mode == "class":
-            _need("attn2" not in getattr(self.knobs, "trim_modules", ()),
+            need("attn2" not in getattr(self.knobs, "trim_modules", ()),
                   "--trim-modules attn2: the class-conditional UNet2DModel has no cross-attention "
                   "(labels enter through the time embedding); allowed there: attn1_up, attn, all or regexes. "
                   "attn2 applies to --pretrained Stable Diffusion UNets")
-            _need(self.image_size in IMAGE_SIZES, f"--image-size {self.image_size}: allowed "
+            need(self.image_size in IMAGE_SIZES, f"--image-size {self.image_size}: allowed "
                   f"{', '.join(map(str, IMAGE_SIZES))}")
             down = 2 ** (len(self.generator.widths) - 1)
-            _need(self.image_size % down == 0, f"--image-size {self.image_size}: must be divisible by {down} "
+            need(self.image_size % down == 0, f"--image-size {self.image_size}: must be divisible by {down} "
                   f"for {len(self.generator.widths)} UNet levels (--gen-widths {self.generator.widths})")
             self.forget_class()
-            _need(anchor_class is None or anchor_class != self.forget_class(),
+            need(anchor_class is None or anchor_class != self.forget_class(),
                   f"--anchor-class {anchor_class}: must differ from the forgotten class ({self.forget})")
             self.generator.validate()
             self.classifier.validate()
         else:
             path = Path(self.pretrained)
-            _need(path.is_dir(), f"--pretrained {self.pretrained}: no such directory")
-            _need((path / "model_index.json").is_file(),
+            need(path.is_dir(), f"--pretrained {self.pretrained}: no such directory")
+            need((path / "model_index.json").is_file(),
                   f"--pretrained {self.pretrained}: not a diffusers pipeline folder (no model_index.json)")
-            _need(len(self.forget_prompts) > 0, "--pretrained needs at least one --forget-prompt TEXT")
-            _need(all(p.strip() for p in self.forget_prompts), "--forget-prompt: prompts must not be empty")
-            _need(bool(self.anchor_prompt.strip()),
+            need(len(self.forget_prompts) > 0, "--pretrained needs at least one --forget-prompt TEXT")
+            need(all(p.strip() for p in self.forget_prompts), "--forget-prompt: prompts must not be empty")
+            need(bool(self.anchor_prompt.strip()),
                   "--pretrained needs --anchor-prompt TEXT (the concept the forget prompts are mapped onto)")
-            _need(self.anchor_prompt not in self.forget_prompts,
+            need(self.anchor_prompt not in self.forget_prompts,
                   f"--anchor-prompt {self.anchor_prompt!r}: must differ from every --forget-prompt")
 
     def to_dict(self) -> dict:

@@ -8,7 +8,6 @@ the sweep spec and the trial all come from here.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -16,6 +15,7 @@ from typing import Any, Callable, ClassVar
 from torch import nn
 
 from orchestrator.errors import UserError
+from orchestrator.registry import Registry
 
 # name -> "module:attribute" of its Method instance, imported on first use
 BUILTIN: dict[str, str] = {
@@ -83,27 +83,24 @@ def tuples(d: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
-_LOADED: dict[str, Method] = {}
+REGISTRY: Registry[Method] = Registry("method", BUILTIN)
 
 
 def register(method: Method) -> Method:
     """Make a method available by name at run time (built-in ones are listed in ``BUILTIN``)."""
-    _LOADED[method.name] = method
-    return method
+    return REGISTRY.add(method.name, method)
 
 
-def list_methods(task: str | None = None) -> list[str]:
-    names = sorted(set(BUILTIN) | set(_LOADED))
-    return [n for n in names if task is None or get_method(n).task == task]
+def unregister(name: str) -> None:
+    REGISTRY.remove(name)
 
 
 def get_method(name: str) -> Method:
-    if name not in _LOADED:
-        if name not in BUILTIN:
-            raise UserError(f"--method {name!r}: unknown; known methods: {', '.join(list_methods())}")
-        module, attr = BUILTIN[name].split(":")
-        _LOADED[name] = getattr(importlib.import_module(module), attr)
-    return _LOADED[name]
+    return REGISTRY.get(name)
+
+
+def list_methods(task: str | None = None) -> list[str]:
+    return [n for n in REGISTRY.names() if task is None or get_method(n).task == task]
 
 
 def method_knobs(method: str, knobs: Any, task: str) -> Any:
@@ -117,3 +114,4 @@ def method_knobs(method: str, knobs: Any, task: str) -> Any:
         raise UserError(f"knobs {type(knobs).__name__} do not belong to method {method} "
                         f"(expected {m.config_class.__name__})")
     return knobs
+

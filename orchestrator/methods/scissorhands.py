@@ -23,7 +23,7 @@ from torch import nn
 
 import kernels
 from orchestrator.data import UnlearnData
-from orchestrator.errors import UserError
+from orchestrator.errors import need, need_positive_ints
 from orchestrator.methods import Method, MethodResult
 from orchestrator.methods.shared import GradientProjection, init_specs, matching, repair_loop
 from orchestrator.models import late_layers
@@ -60,10 +60,6 @@ class ScissorhandsConfig:
     memory_bn_mode: str = "eval"  # eval | train
 
     def validate(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise UserError(msg)
-
         need(0.0 < self.trim_ratio < 1.0, f"--trim-ratio {self.trim_ratio}: must be in (0, 1)")
         need(self.projection_strength >= 0, f"--projection-strength {self.projection_strength}: must be >= 0")
         need(self.forget_weight >= 0, f"--forget-weight {self.forget_weight}: must be >= 0")
@@ -71,9 +67,7 @@ class ScissorhandsConfig:
         need(self.lr > 0 and math.isfinite(self.lr), f"--lr {self.lr}: must be a positive number")
         need(0 <= self.momentum < 1, f"--momentum {self.momentum}: must be in [0, 1)")
         need(self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0")
-        for name in ("batch_size", "score_batches", "score_batch_size", "memory_batches", "project_every"):
-            value = getattr(self, name)
-            need(value >= 1, f"--{name.replace('_', '-')} {value}: must be an integer >= 1")
+        need_positive_ints(self, ("batch_size", "score_batches", "score_batch_size", "memory_batches", "project_every"))
         need(
             self.projection_scope in ("global", "per_layer"),
             f"--projection-scope {self.projection_scope!r}: allowed global, per_layer",

@@ -33,7 +33,7 @@ from torch import nn
 import kernels
 from orchestrator.diffusion.sampling import draw_noise, noise_loss, q_sample
 from orchestrator.diffusion.unet import TRIM_PRESETS, select_parameters
-from orchestrator.errors import UserError
+from orchestrator.errors import UserError, need, need_positive_ints
 from orchestrator.methods import Method, MethodResult
 from orchestrator.methods.shared import GradientProjection, init_specs, repair_loop
 
@@ -42,11 +42,6 @@ REPAIR_MODULES = ("all", "trimmed")
 THRESHOLD_SCOPES = ("all", "trimmed")
 PROJECTION_SCOPES = ("global", "per_layer")
 INITS = ("kaiming_uniform", "zeros")
-
-
-def _need(ok: bool, msg: str) -> None:
-    if not ok:
-        raise UserError(msg)
 
 
 @dataclass(frozen=True)
@@ -98,13 +93,10 @@ class ScissorhandsDiffusionConfig:
     }
 
     def validate(self) -> None:
-        for name in ("score_batches", "score_batch_size", "epochs", "steps_per_epoch", "batch_size", "project_every",
-                     "memory_batches"):
-            value = getattr(self, name)
-            _need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                  f"--{name.replace('_', '-')} {value}: must be an integer >= 1")
-        _need(0.0 < self.trim_ratio < 1.0, f"--trim-ratio {self.trim_ratio}: must be in (0, 1)")
-        _need(len(self.trim_modules) > 0, "--trim-modules: give at least one of "
+        need_positive_ints(self, ("score_batches", "score_batch_size", "epochs", "steps_per_epoch", "batch_size",
+                                  "project_every", "memory_batches"))
+        need(0.0 < self.trim_ratio < 1.0, f"--trim-ratio {self.trim_ratio}: must be in (0, 1)")
+        need(len(self.trim_modules) > 0, "--trim-modules: give at least one of "
               f"{', '.join(TRIM_PRESETS)} or a regex on parameter names")
         for item in self.trim_modules:
             if item in TRIM_PRESETS:
@@ -114,20 +106,20 @@ class ScissorhandsDiffusionConfig:
             except re.error as exc:
                 raise UserError(f"--trim-modules {item!r}: not a preset ({', '.join(TRIM_PRESETS)}) "
                                 f"and not a valid regex ({exc})") from None
-        _need(self.threshold_scope in THRESHOLD_SCOPES,
+        need(self.threshold_scope in THRESHOLD_SCOPES,
               f"--threshold-scope {self.threshold_scope!r}: allowed {', '.join(THRESHOLD_SCOPES)}")
-        _need(self.init in INITS, f"--init {self.init!r}: allowed {', '.join(INITS)}")
-        _need(self.repair in REPAIRS, f"--repair {self.repair!r}: allowed {', '.join(REPAIRS)}")
-        _need(self.forget_weight >= 0 and math.isfinite(self.forget_weight),
+        need(self.init in INITS, f"--init {self.init!r}: allowed {', '.join(INITS)}")
+        need(self.repair in REPAIRS, f"--repair {self.repair!r}: allowed {', '.join(REPAIRS)}")
+        need(self.forget_weight >= 0 and math.isfinite(self.forget_weight),
               f"--forget-weight {self.forget_weight}: must be >= 0")
-        _need(self.anchor_class is None or self.anchor_class >= 0,
+        need(self.anchor_class is None or self.anchor_class >= 0,
               f"--anchor-class {self.anchor_class}: must be a class index >= 0 (or unset: random retained class)")
-        _need(self.repair_modules in REPAIR_MODULES,
+        need(self.repair_modules in REPAIR_MODULES,
               f"--repair-modules {self.repair_modules!r}: allowed {', '.join(REPAIR_MODULES)}")
-        _need(self.lr > 0 and math.isfinite(self.lr), f"--lr {self.lr}: must be a positive number")
-        _need(self.projection_strength >= 0, f"--projection-strength {self.projection_strength}: must be >= 0")
-        _need(self.projection_eps > 0, f"--projection-eps {self.projection_eps}: must be > 0")
-        _need(self.projection_scope in PROJECTION_SCOPES,
+        need(self.lr > 0 and math.isfinite(self.lr), f"--lr {self.lr}: must be a positive number")
+        need(self.projection_strength >= 0, f"--projection-strength {self.projection_strength}: must be >= 0")
+        need(self.projection_eps > 0, f"--projection-eps {self.projection_eps}: must be > 0")
+        need(self.projection_scope in PROJECTION_SCOPES,
               f"--projection-scope {self.projection_scope!r}: allowed {', '.join(PROJECTION_SCOPES)}")
 
 

@@ -122,15 +122,16 @@ class SweepSpec(BaseModel):
         if method_name not in list_methods(self.task):
             raise ValueError(f"unknown method {method_name!r} for task {self.task}; "
                              f"allowed: {', '.join(list_methods(self.task))}")
-        for key in sorted(self.model_fields_set & RUN_KEYS - set(task.spec_fields)):
-            raise ValueError(f"{key!r} does not apply to task {self.task}")
+        for key in sorted(RUN_KEYS - set(task.spec_fields)):
+            if getattr(self, key) != type(self).model_fields[key].default:
+                raise ValueError(f"{key!r} does not apply to task {self.task}")
         hints = typing.get_type_hints(task.config_class)
         for key in ("recipe", "classifier"):
             if key in task.spec_recipes:
                 _only(getattr(self, key), [f.name for f in dataclasses.fields(hints[task.spec_recipes[key]])], key)
             elif getattr(self, key):
                 raise ValueError(f"{key!r} does not apply to task {self.task}")
-        knobs = get_method(method_name).knob_names()
+        knobs = (*get_method(method_name).knob_names(), *run_settings(task))
         _only(self.fixed, knobs, "fixed")
         _only(self.search, knobs, "search")
         for obj in self.objectives:
@@ -154,24 +155,35 @@ class SweepSpec(BaseModel):
 
     # --- derived configs -------------------------------------------------------------
     def run_config(self, searched: dict, seed: int):
-        """The run config of one trial on one seed: the preset's knobs, then fixed, then searched."""
+        """The run config of one trial on one seed: the preset's knobs, then fixed, then searched
+        (``fixed`` / ``search`` keys that are run settings, e.g. diffusion's image_size, set those)."""
         task, method = self.task_contract, self.method_contract
         hints = typing.get_type_hints(task.config_class)
         fields = {k: getattr(self, k) for k in task.spec_fields}
         recipes = {field: hints[field](**tuples(getattr(self, key))) for key, field in task.spec_recipes.items()}
-        cfg = task.config_class(**fields, **recipes, seed=seed, method=method.name)
+        chosen = {**self.fixed, **searched}
+        settings = {k: v for k, v in chosen.items() if k in run_settings(task)}
+        cfg = task.config_class(**fields, **recipes, **tuples(settings), seed=seed, method=method.name)
         preset = method.preset(self.preset, **task.preset_context(cfg))
-        return dataclasses.replace(cfg, knobs=method.config(preset, **self.fixed, **searched))
+        knobs = {k: v for k, v in chosen.items() if k not in settings}
+        return dataclasses.replace(cfg, knobs=method.config(preset, **knobs))
 
     def default_point(self) -> dict | None:
         """The preset's values of the searched knobs, when all lie inside the ranges: trial 0."""
-        base = dataclasses.asdict(self.run_config({}, self.seeds[0]).knobs)
+        cfg = self.run_config({}, self.seeds[0])
+        base = {**dataclasses.asdict(cfg), **dataclasses.asdict(cfg.knobs)}
         point = {k: base[k] for k in self.search}
         return point if all(self.search[k].contains(v) for k, v in point.items()) else None
 
 
 # Run-config keys of a search space; a task uses those in its ``spec_fields``.
 RUN_KEYS = {"dataset", "data_dir", "model", "width", "forget", "split_seed", "kernels"}
+
+
+def run_settings(task) -> tuple[str, ...]:
+    """Run-config fields a search space may fix or search beside the method's knobs."""
+    taken = {*task.spec_fields, *task.spec_recipes.values(), "seed", "method", "knobs"}
+    return tuple(f.name for f in dataclasses.fields(task.config_class) if f.name not in taken)
 
 
 def _only(keys, allowed, where: str) -> None:

@@ -6,7 +6,6 @@ CLI, the trial and the sweep call these, never a task by name.
 """
 from __future__ import annotations
 
-import importlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -15,7 +14,8 @@ from typing import Any, Callable, ClassVar
 
 from torch import nn
 
-from orchestrator.errors import DivergenceError, UserError
+from orchestrator.errors import DivergenceError
+from orchestrator.registry import Registry
 
 BUILTIN: dict[str, str] = {
     "classification": "orchestrator.tasks.classification:TASK",
@@ -120,17 +120,12 @@ class Task(ABC):
             )
 
 
-_LOADED: dict[str, Task] = {}
+REGISTRY: Registry[Task] = Registry("task", BUILTIN)
 
 
 def list_tasks() -> list[str]:
-    return sorted(BUILTIN)
+    return REGISTRY.names()
 
 
 def get_task(name: str) -> Task:
-    if name not in _LOADED:
-        if name not in BUILTIN:
-            raise UserError(f"--task {name!r}: unknown; allowed: {', '.join(list_tasks())}")
-        module, attr = BUILTIN[name].split(":")
-        _LOADED[name] = getattr(importlib.import_module(module), attr)
-    return _LOADED[name]
+    return REGISTRY.get(name)

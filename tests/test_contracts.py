@@ -1,0 +1,198 @@
+"""Every registered method and task keeps its contract (as optuna's tests run every sampler):
+a method returns a MethodResult, is deterministic per seed, reports every epoch, leaves the
+model in eval mode and turns an exploding lr into a DivergenceError; every preset and every
+shipped search space validates. A toy method added here runs through the CLI and a search
+space with no edit to the trial, CLI, spec or sweep code."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from orchestrator import get_method, get_task, list_methods, list_tasks, register
+from orchestrator.cli import main
+from orchestrator.data import ForgetSpec, load_mnist5k, split_forget
+from orchestrator.errors import DivergenceError, UserError
+from orchestrator.methods import Method, MethodResult
+from orchestrator.methods.shared import repair_loop
+from orchestrator.models import build_model
+from orchestrator.sweep.spec import load_spec
+from orchestrator.training import batches, to_float
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def classification_case(seed: int = 0):
+    data = split_forget(load_mnist5k(), ForgetSpec.parse("class:3"), seed=0)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model("resnet8", 1, 10, width=4)
+    return model, data, {"epochs": 2, "batch_size": 512, "score_batch_size": 64}
+
+
+def diffusion_case(seed: int = 0):
+    from orchestrator.diffusion.config import GeneratorRecipe
+    from orchestrator.diffusion.references import resize_uint8, to_signed
+    from orchestrator.diffusion.sampling import alphas_cumprod
+    from orchestrator.diffusion.tasks import ClassTask
+    from orchestrator.diffusion.unet import build_class_unet
+
+    recipe = GeneratorRecipe(widths=(16, 32), attention_head_dim=8)
+    data = split_forget(load_mnist5k(), ForgetSpec.parse("class:3"), seed=0)
+    task = ClassTask(to_signed(resize_uint8(data.x_forget, 8)), 3, to_signed(resize_uint8(data.x_retain, 8)),
+                     data.y_retain, 10, alphas_cumprod(recipe.noise_schedule, recipe.train_timesteps),
+                     recipe.p_uncond, None)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = build_class_unet(recipe, 8, 1, 10)
+    return unet, task, {"epochs": 2, "steps_per_epoch": 2, "batch_size": 16, "score_batches": 1,
+                        "score_batch_size": 16}
+
+
+CASES = {"classification": classification_case, "diffusion": diffusion_case}
+
+
+def run(name: str, seed: int = 0, **changes):
+    method = get_method(name)
+    model, data, tiny = CASES[method.task]()
+    cfg = method.config(**{k: v for k, v in {**tiny, **changes}.items() if k in method.knob_names()})
+    epochs = []
+    result = method.run(model, data, cfg, torch.Generator().manual_seed(seed), on_epoch=epochs.append)
+    return result, epochs, cfg
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_thread):
+    yield
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_method_contract(name):
+    result, epochs, cfg = run(name)
+    assert isinstance(result, MethodResult) and result.seconds > 0
+    assert not result.model.training
+    assert len(epochs) == cfg.epochs == len(result.history) and epochs == result.history
+    assert [e["epoch"] for e in epochs] == list(range(cfg.epochs))
+    assert all(isinstance(v, float) and math.isfinite(v) for e in epochs for k, v in e.items() if k != "epoch")
+    again, _, _ = run(name)
+    for (key, a), b in zip(result.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(a, b), f"{name}: same seed, different {key}"
+    other, _, _ = run(name, seed=1)
+    assert any(not torch.equal(a, b) for a, b in zip(result.model.parameters(), other.model.parameters()))
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_exploding_lr_raises_divergence(name):
+    with pytest.raises(DivergenceError, match="lower --lr"):
+        run(name, lr=1e30)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_preset_validates_and_unknown_knobs_are_named(name):
+    method = get_method(name)
+    assert method.presets[0] == "auto"
+    for preset in method.presets:
+        for size in ("small", "large"):
+            for kind in ("class", "random", "mislabeled"):
+                cfg = method.preset(preset, model_size=size, forget_kind=kind)
+                assert isinstance(cfg, method.config_class)
+                cfg.validate()
+    with pytest.raises(UserError, match=f"unknown {name} knob"):
+        method.config(no_such_knob=1)
+    with pytest.raises(UserError, match="allowed"):
+        method.preset("no-such-preset")
+
+
+@pytest.mark.parametrize("name", list_tasks())
+def test_task_contract(name):
+    task = get_task(name)
+    assert get_method(task.default_method).task == name
+    assert set(task.gap_metrics) <= set(task.metrics) and "RTE_s" in task.metrics
+    cfg = task.config_class()
+    assert cfg.TASK == name and cfg.method == task.default_method
+    assert task.config_class.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_unknown_method_and_task_list_the_known_ones(capsys):
+    with pytest.raises(UserError, match="known methods: scissorhands, scissorhands_diffusion"):
+        get_method("nope")
+    assert main(["unlearn", "--method", "nope"]) == 2
+    assert "known methods:" in capsys.readouterr().err
+    assert main(["unlearn", "--task", "diffusion", "--method", "scissorhands"]) == 2
+    assert "diffusion methods: scissorhands_diffusion" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_search_space_validates(path):
+    spec = load_spec(path)
+    cfg = spec.run_config(spec.default_point() or {}, spec.seeds[0])
+    assert cfg.method == spec.method_contract.name
+
+
+# ----------------------------------------------------------------------------------- a toy method
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+    epochs: int = 1
+    lr: float = 0.01
+    batch_size: int = 256
+
+    def validate(self) -> None:
+        if not self.lr > 0:
+            raise UserError(f"--lr {self.lr}: must be > 0")
+
+
+class RetainFinetune(Method):
+    """Fine-tune on D_r only, through the shared repair loop: the smallest honest method."""
+
+    name = "toy_finetune"
+    task = "classification"
+    config_class = ToyConfig
+
+    def run(self, model, data, cfg, generator, *, on_epoch=None, backend=None):
+        def loss(batch):
+            x, y = batch
+            value = F.cross_entropy(model(to_float(x)), y)
+            return value, {"loss_retain": value.item()}
+
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+        history = repair_loop(model, opt, epochs=cfg.epochs,
+                              steps=lambda epoch: batches(data.x_retain, data.y_retain, cfg.batch_size, generator),
+                              loss=loss, on_epoch=on_epoch, where="toy", hint=f"lower --lr (now {cfg.lr})")
+        return MethodResult(model, 0.01, history, {})
+
+
+@pytest.fixture
+def toy_method():
+    from orchestrator.methods import unregister
+
+    yield register(RetainFinetune())
+    unregister("toy_finetune")
+
+
+def test_a_new_method_needs_no_edit_elsewhere(toy_method, tmp_path, shared_cache, capsys):
+    assert "toy_finetune" in list_methods("classification")
+    out = tmp_path / "toy.json"
+    args = ["unlearn", "--method", "toy_finetune", "--width", "8", "--train-epochs", "4", "--epochs", "1",
+            "--lr", "0.02", "--cache-dir", str(shared_cache), "--json", str(out), "--no-progress"]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["method"] == "toy_finetune" and report["config"]["knobs"]["lr"] == 0.02
+    assert report["unlearned"]["RA"] > 50
+    assert main([*args[:-3], "--lr", "-1"]) == 2
+    assert "--lr -1.0: must be > 0" in capsys.readouterr().err
+
+    space = tmp_path / "toy.yaml"
+    space.write_text("name: toy\nmethod: toy_finetune\nforget: class:3\nsearch:\n  lr: {type: loguniform, low: 0.001, "
+                     "high: 0.1}\nobjectives: [{metric: RA, direction: max}]\ntrials: 2\n")
+    spec = load_spec(space)
+    assert spec.run_config({"lr": 0.05}, 1).knobs == ToyConfig(lr=0.05)
+    space.write_text(space.read_text().replace("lr:", "trim_ratio:"))
+    with pytest.raises(UserError, match=r"unknown search key\(s\) \['trim_ratio'\]; allowed: epochs, lr, batch_size"):
+        load_spec(space)
