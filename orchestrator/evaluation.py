@@ -1,4 +1,5 @@
-"""Unlearning metrics as ../shared/docs/metrics.md defines them (all in percent)."""
+"""Unlearning metrics (all in percent): UA, RA, TA, MIA-Efficacy and Avg. Gap, as the
+Scissorhands and SalUn papers define them."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,5 @@
 """Seed statistics: a result is a mean over seeds with its spread, and a comparison with doing
-nothing is paired on the same seeds (../shared/docs/metrics.md, "Statistics")."""
+nothing is paired on the same seeds (README, "Search-space format": seed statistics)."""
 from __future__ import annotations
 
 import math

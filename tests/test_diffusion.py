@@ -1,4 +1,4 @@
-"""Diffusion unlearning (issue 6): tiny generators trained for real on the bundled MNIST digits.
+"""Diffusion unlearning: tiny generators trained for real on the bundled MNIST digits.
 
 Sizes are tiny (8x8 images, a 2-level UNet, a few hundred steps) so the whole module runs
 in a few minutes on 2 CPU cores; the acceptance-size numbers live in the report, not here.

@@ -1,4 +1,4 @@
-"""Scissorhands for classifiers (Wu & Harandi, ECCV 2024), as ../shared/docs/scissorhands.md says.
+"""Scissorhands for classifiers (Wu & Harandi, ECCV 2024), as its public reference code does it.
 
 1. score (train mode, as the reference): G = sum over forget batches of |dL_f/dtheta|;
    s = |theta * G| (SNIP sensitivity)

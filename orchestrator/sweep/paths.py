@@ -8,26 +8,13 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 
-@dataclass(frozen=True)
 class SweepPaths:
-    root: Path
-
-    @property
-    def references(self) -> Path:
-        return self.root / "references"
-
-    @property
-    def tune(self) -> Path:
-        return self.root / "tune"
-
-    @property
-    def results(self) -> Path:
-        return self.root / "results.parquet"
-
-    @property
-    def plot(self) -> Path:
-        return self.root / "frontier.png"
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.references = self.root / "references"
+        self.tune = self.root / "tune"  # what --resume restores
+        self.results = self.root / "results.parquet"
+        self.plot = self.root / "frontier.png"
