@@ -1,5 +1,6 @@
-"""Multi-tensor kernels for Scissorhands: sensitivity scoring, global top-n threshold,
-masked re-initialisation and GEM gradient projection.
+"""Multi-tensor kernels for Scissorhands: sensitivity scoring (``score="snip"``: |w * G|, or
+``"grad"``: |G|), global top-n threshold, masked re-initialisation, gradient accumulation
+(|g| or g ** 2) and GEM gradient projection.
 
 Knows nothing of ``orchestrator``: every function takes lists of tensors.
 Backends share one API and are chosen per call by device, or forced with
@@ -19,6 +20,7 @@ Backends share one API and are chosen per call by device, or forced with
 from kernels.dispatch import (
     BACKENDS,
     accumulate_abs_grad_,
+    accumulate_sq_grad_,
     masked_reinit_,
     project_,
     resolve_backend,
@@ -26,13 +28,15 @@ from kernels.dispatch import (
     selection_masks,
     snip_threshold,
 )
-from kernels.reference import InitSpec, Threshold
+from kernels.reference import SCORES, InitSpec, Threshold
 
 __all__ = [
     "BACKENDS",
+    "SCORES",
     "InitSpec",
     "Threshold",
     "accumulate_abs_grad_",
+    "accumulate_sq_grad_",
     "masked_reinit_",
     "project_",
     "resolve_backend",

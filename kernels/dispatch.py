@@ -78,38 +78,49 @@ def accumulate_abs_grad_(buffers, grads, backend: str | None = None) -> None:
     _module(resolve_backend(buffers, backend)).accumulate_abs_grad_(buffers, grads)
 
 
-def select_threshold(weights, grad_sums, n_select: int, backend: str | None = None):
-    """The exact global threshold selecting the top ``n_select`` scores |w * G| (see reference)."""
-    return _module(resolve_backend(weights, backend)).select_threshold(weights, grad_sums, n_select)
+def accumulate_sq_grad_(buffers, grads, backend: str | None = None) -> None:
+    """buffers[i] += grads[i] ** 2 in place (squares in float32 at least, see reference)."""
+    _module(resolve_backend(buffers, backend)).accumulate_sq_grad_(buffers, grads)
 
 
-def snip_threshold(weights, grad_sums, trim_ratio: float, backend: str | None = None):
+def select_threshold(weights, grad_sums, n_select: int, backend: str | None = None, score: str = "snip"):
+    """The exact global threshold selecting the top ``n_select`` scores, ``score`` "snip"
+    (|w * G|) or "grad" (|G|) (see reference)."""
+    return _module(resolve_backend(weights, backend)).select_threshold(weights, grad_sums, n_select, score=score)
+
+
+def snip_threshold(weights, grad_sums, trim_ratio: float, backend: str | None = None, score: str = "snip"):
     """The reference code's cut (SHs_cifar10.py ``snip``): tau = the k-th smallest score with
     k = int((1 - trim_ratio) * N); every entry with s > tau is selected, ties at tau are not.
     Guard, as there: a tau within 1e-12 of the largest or smallest score becomes (max - min) / 2
-    (e.g. when most scores are 0). Built from the backend's exact top-n search, never a sort."""
+    (e.g. when most scores are 0). Built from the backend's exact top-n search, never a sort.
+    ``score`` as in :func:`select_threshold`."""
     module = _module(resolve_backend(weights, backend))
     total = sum(w.numel() for w in weights)
     k = min(max(int((1.0 - trim_ratio) * total), 1), total)
-    cut = module.select_threshold(weights, grad_sums, total - k + 1)  # its tau is the k-th smallest score
-    largest = module.select_threshold(weights, grad_sums, 1).tau
-    smallest = module.select_threshold(weights, grad_sums, total).tau
+    cut = module.select_threshold(weights, grad_sums, total - k + 1, score=score)  # tau: the k-th smallest score
+    largest = module.select_threshold(weights, grad_sums, 1, score=score).tau
+    smallest = module.select_threshold(weights, grad_sums, total, score=score).tau
     if smallest + 1e-12 < cut.tau < largest - 1e-12:
         return reference.Threshold(tau=cut.tau, take_ties=0, n_selected=cut.n_selected - cut.take_ties)
     tau = float(torch.tensor((largest - smallest) / 2.0, dtype=torch.float32))
-    masks = module.selection_masks(weights, grad_sums, reference.Threshold(tau, 0, total))
+    masks = module.selection_masks(weights, grad_sums, reference.Threshold(tau, 0, total), score=score)
     return reference.Threshold(tau=tau, take_ties=0, n_selected=int(sum(int(m.sum()) for m in masks)))
 
 
-def selection_masks(weights, grad_sums, threshold, backend: str | None = None):
-    """Boolean masks of the entries a threshold selects (materialised: for tests and analysis)."""
-    return _module(resolve_backend(weights, backend)).selection_masks(weights, grad_sums, threshold)
+def selection_masks(weights, grad_sums, threshold, backend: str | None = None, score: str = "snip"):
+    """Boolean masks of the entries a threshold selects (materialised: for tests and analysis);
+    ``score`` must be the one the threshold was selected with."""
+    return _module(resolve_backend(weights, backend)).selection_masks(weights, grad_sums, threshold, score=score)
 
 
-def masked_reinit_(weights, grad_sums, threshold, inits, generator=None, backend: str | None = None) -> int:
-    """Re-initialise the selected entries of eligible tensors in place; returns how many changed."""
+def masked_reinit_(
+    weights, grad_sums, threshold, inits, generator=None, backend: str | None = None, score: str = "snip"
+) -> int:
+    """Re-initialise the selected entries of eligible tensors in place; returns how many changed.
+    ``score`` must be the one the threshold was selected with."""
     return _module(resolve_backend(weights, backend)).masked_reinit_(
-        weights, grad_sums, threshold, inits, generator
+        weights, grad_sums, threshold, inits, generator, score=score
     )
 
 

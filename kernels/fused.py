@@ -1,9 +1,9 @@
 """Fused CPU backend: bounded extra memory, a few streaming passes, results bit-identical to
 :mod:`kernels.reference` (thresholds, trimmed weights, random stream) on CPU.
 
-* Scores are never stored: every pass recomputes ``|w * G|`` from ``w`` and ``G`` in
-  segments of :data:`SEG` entries inside small C loops (:mod:`kernels.native`), spread over
-  ``torch.get_num_threads()`` threads (ctypes releases the GIL).
+* Scores are never stored: every pass recomputes ``|w * G|`` from ``w`` and ``G`` (or ``|G|``
+  from ``G`` alone, ``score="grad"``) in segments of :data:`SEG` entries inside small C loops
+  (:mod:`kernels.native`), spread over ``torch.get_num_threads()`` threads (ctypes releases the GIL).
 * ``select_threshold``: the sample-bracket search of :mod:`kernels.selection`: a strided sample,
   then normally ONE counting pass that also collects the few scores inside the bracket.
   Extra memory: the sample (<= 2**17 floats) and the candidates (at most
@@ -13,7 +13,7 @@
   :func:`kernels.reference.fresh_generator`) and written by a second C pass.
 * ``project_``: all dot products in one pass (float32 lanes summed in float64), then one
   in-place ``add_`` per tensor, the same op the reference uses.
-* ``accumulate_abs_grad_``: one C pass per float32 tensor.
+* ``accumulate_abs_grad_``, ``accumulate_sq_grad_``: one C pass per float32 tensor.
 
 Tensors that are not float32 are converted segment by segment into small float32 buffers
 (scores are float32 in every backend); non-contiguous ones are copied whole first.
@@ -119,6 +119,17 @@ def _buffers(n: int = SEG) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def accumulate_abs_grad_(buffers: Tensors, grads: Tensors) -> None:
     """buffers[i] += |grads[i]|, one pass per tensor, no temporaries beyond a segment."""
+    _accumulate(buffers, grads, "sh_acc_abs", torch.abs)
+
+
+@torch.no_grad()
+def accumulate_sq_grad_(buffers: Tensors, grads: Tensors) -> None:
+    """buffers[i] += grads[i] ** 2, one pass per tensor, no temporaries beyond a segment."""
+    _accumulate(buffers, grads, "sh_acc_sq", reference.square)
+
+
+def _accumulate(buffers: Tensors, grads: Tensors, c_loop: str, term: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """buffers[i] += term(grads[i]): the C loop for float32 pairs, ``term`` in segments otherwise."""
     lib = native.load()
     segs_c, rest = [], []
     for i, (buf, g) in enumerate(zip(buffers, grads, strict=True)):
@@ -129,21 +140,22 @@ def accumulate_abs_grad_(buffers: Tensors, grads: Tensors) -> None:
     for i in rest:
         buf, g = buffers[i], grads[i]
         if not buf.is_contiguous():
-            buf.add_(g.abs())
+            buf.add_(term(g))
             continue
         bf, gf = buf.view(-1), _flat(g)
         for a in range(0, bf.numel(), SEG):
-            bf[a : a + SEG].add_(gf[a : a + SEG].abs())
+            bf[a : a + SEG].add_(term(gf[a : a + SEG]))
     if not segs_c:
         return
     ptrs = {i: (buffers[i].data_ptr(), grads[i].data_ptr()) for i in segs_c}
     segs = _segments([t.numel() for t in buffers], segs_c)
+    loop = getattr(lib, c_loop)
 
     def job(group):
         def run():
             for i, a, b in group:
                 bp, gp = ptrs[i]
-                lib.sh_acc_abs(bp + 4 * a, gp + 4 * a, b - a)
+                loop(bp + 4 * a, gp + 4 * a, b - a)
 
         return run
 
@@ -161,14 +173,27 @@ def _check_pairs(weights: Tensors, grad_sums: Tensors) -> None:
             raise ValueError(f"weight {i} has shape {tuple(w.shape)}, gradient sum {tuple(g.shape)}")
 
 
-def sample_scores(weights: Tensors, grad_sums: Tensors, size: int) -> torch.Tensor:
+class _Unread:
+    """Stands in for the weights where the score ignores them (``score="grad"``): the C loops get
+    NULL and never read them, so a counting pass streams G alone."""
+
+    direct = True
+
+    def ptr(self, a: int, b: int, buf: torch.Tensor | None) -> int:
+        return 0
+
+
+_UNREAD = _Unread()
+
+
+def sample_scores(weights: Tensors, grad_sums: Tensors, size: int, score: str = "snip") -> torch.Tensor:
     """Every stride-th score of the concatenated order (float32, computed like the reference)."""
     numels = [w.numel() for w in weights]
     stride, starts = selection.sample_plan(numels, size)
     parts = []
     for w, g, s in zip(weights, grad_sums, starts):
         if s < w.numel():
-            parts.append((_flat(w)[s::stride].float() * _flat(g)[s::stride].float()).abs())
+            parts.append(reference.score_of(_flat(w)[s::stride], _flat(g)[s::stride], score))
     return torch.cat(parts) if parts else torch.empty(0)
 
 
@@ -177,11 +202,12 @@ def _cand_cap(weights: Tensors) -> int:
     return max(MIN_CAND, int(CAND_FRACTION * param_bytes) // 4)
 
 
-def _count_collect(lib, weights: Tensors, grad_sums: Tensors):
+def _count_collect(lib, weights: Tensors, grad_sums: Tensors, score: str = "snip"):
     numels = [w.numel() for w in weights]
     segs = _segments(numels)
     groups = _split(segs, _threads())
-    wv = [_F32(_flat(w)) for w in weights]
+    grad = score == "grad"
+    wv = [_UNREAD if grad else _F32(_flat(w)) for w in weights]
     gv = [_F32(_flat(g)) for g in grad_sums]
 
     def count_collect(lo: float, hi: float, cap: int) -> selection.Counts:
@@ -196,7 +222,9 @@ def _count_collect(lib, weights: Tensors, grad_sums: Tensors):
                     while True:
                         c = (ctypes.c_int64 * 4)()
                         room = fill if overflow else cand.numel()
-                        new = lib.sh_count_collect(wp, gp, b - a, lo, hi, ctypes.addressof(c), cand.data_ptr(), room, fill)
+                        new = lib.sh_count_collect(
+                            wp, gp, b - a, grad, lo, hi, ctypes.addressof(c), cand.data_ptr(), room, fill
+                        )
                         if overflow or new <= cand.numel():
                             break
                         if new > cap:  # more than the whole budget: keep counting only
@@ -227,30 +255,34 @@ def select_threshold(
     weights: Tensors,
     grad_sums: Tensors,
     n_select: int,
+    score: str = "snip",
     *,
     sample_size: int | None = None,
     cand_cap: int | None = None,
 ) -> Threshold:
     """The exact reference threshold in ~1 streaming pass (``sample_size``/``cand_cap``: tuning, tests)."""
+    reference.check_score(score)
     _check_pairs(weights, grad_sums)
     lib = native.load()
     if lib is None:
-        return reference.select_threshold(weights, grad_sums, n_select)
+        return reference.select_threshold(weights, grad_sums, n_select, score)
     total = sum(w.numel() for w in weights)
     size = selection.sample_size(total) if sample_size is None else min(total, sample_size)
     with torch.no_grad():
         return selection.find_threshold(
             n_select,
             total,
-            lambda: sample_scores(weights, grad_sums, size),
-            _count_collect(lib, weights, grad_sums),
+            lambda: sample_scores(weights, grad_sums, size, score),
+            _count_collect(lib, weights, grad_sums, score),
             _cand_cap(weights) if cand_cap is None else cand_cap,
         )
 
 
-def selection_masks(weights: Tensors, grad_sums: Tensors, threshold: Threshold) -> list[torch.Tensor]:
+def selection_masks(
+    weights: Tensors, grad_sums: Tensors, threshold: Threshold, score: str = "snip"
+) -> list[torch.Tensor]:
     """Boolean masks of the selected entries: materialises them, so it is the reference's."""
-    return reference.selection_masks(weights, grad_sums, threshold)
+    return reference.selection_masks(weights, grad_sums, threshold, score)
 
 
 # --------------------------------------------------------------------------- trimming
@@ -259,9 +291,9 @@ def selection_masks(weights: Tensors, grad_sums: Tensors, threshold: Threshold) 
 _ROUND_TRIP = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _write_torch(w: torch.Tensor, g: torch.Tensor, tau: float, take: int, fresh: torch.Tensor) -> None:
+def _write_torch(w: torch.Tensor, g: torch.Tensor, score: str, tau: float, take: int, fresh: torch.Tensor) -> None:
     """The write pass in torch ops, for dtypes a float32 buffer cannot hold (e.g. float64)."""
-    s = (w.float() * g.float()).abs()
+    s = reference.score_of(w, g, score)
     mask = s > tau
     if take:
         mask[torch.nonzero(s == tau).flatten()[:take]] = True
@@ -278,14 +310,16 @@ def masked_reinit_(
     threshold: Threshold,
     inits: Sequence[InitSpec | None],
     generator: torch.Generator | None = None,
+    score: str = "snip",
 ) -> int:
     """Re-initialise the selected entries of eligible tensors in place (same result as the reference)."""
+    reference.check_score(score)
     _check_pairs(weights, grad_sums)
     if len(inits) != len(weights):
         raise ValueError(f"{len(weights)} weights but {len(inits)} init specs")
     lib = native.load()
     if lib is None:
-        return reference.masked_reinit_(weights, grad_sums, threshold, inits, generator)
+        return reference.masked_reinit_(weights, grad_sums, threshold, inits, generator, score)
     device = weights[0].device if len(weights) else torch.device("cpu")
     fresh_gen = reference.fresh_generator(generator, device)  # always one draw, like the reference
     if threshold.n_selected == 0 or not any(i is not None for i in inits):
@@ -298,15 +332,17 @@ def masked_reinit_(
     flats_w = {i: _flat(weights[i]) for i in which}
     wv = {i: _F32(flats_w[i]) for i in which}
     gv = {i: _F32(_flat(grad_sums[i])) for i in which}
+    grad = score == "grad"
+    cw = {i: _UNREAD for i in which} if grad else wv  # the counting pass reads w only for snip
 
     # Pass 1: per segment, entries above tau and entries equal to tau.
     def count_job(group):
         def run():
             out = []
-            bw, bg = (None, None) if all(wv[i].direct and gv[i].direct for i, _, _ in group) else _buffers()
+            bw, bg = (None, None) if all(cw[i].direct and gv[i].direct for i, _, _ in group) else _buffers()
             for i, a, b in group:
                 counts = (ctypes.c_int64 * 2)()
-                lib.sh_count_sel(wv[i].ptr(a, b, bw), gv[i].ptr(a, b, bg), b - a, tau, ctypes.addressof(counts))
+                lib.sh_count_sel(cw[i].ptr(a, b, bw), gv[i].ptr(a, b, bg), b - a, grad, tau, ctypes.addressof(counts))
                 out.append((counts[0], counts[1]))
             return out
 
@@ -346,11 +382,11 @@ def masked_reinit_(
                 bw, bg = (None, None) if direct_all else _buffers()
                 for (i, a, b, take, k), off in items:
                     if flats_w[i].dtype not in _ROUND_TRIP:
-                        _write_torch(flats_w[i][a:b], _flat(grad_sums[i])[a:b], tau, take, fresh[off : off + k])
+                        _write_torch(flats_w[i][a:b], _flat(grad_sums[i])[a:b], score, tau, take, fresh[off : off + k])
                         continue
                     direct = wv[i].direct
                     wp = wv[i].ptr(a, b, bw)
-                    got = lib.sh_write_sel(wp, gv[i].ptr(a, b, bg), b - a, tau, take, fresh.data_ptr() + 4 * off)
+                    got = lib.sh_write_sel(wp, gv[i].ptr(a, b, bg), b - a, grad, tau, take, fresh.data_ptr() + 4 * off)
                     if got != k:
                         raise RuntimeError(f"tensor {i} [{a}:{b}]: wrote {got} entries, counted {k}; inputs changed?")
                     if not direct:

@@ -4,8 +4,10 @@ Why C: every pass here must run at memory bandwidth. In plain torch a comparison
 produces a bool tensor, a bool sum and a masked_select each cost more than reading the
 inputs (measured on the project's CPU: ``ge`` + ``sum`` 2x, ``masked_select`` 6x the
 time of the ``mul``), so a counting pass in torch ops is several times the streaming floor.
-The loops below compute ``s = |w * g|`` on the fly, in float32 exactly as torch does (one
-IEEE multiply, no contraction is possible), and never write a score vector.
+The loops below compute ``s = |w * g|`` (or ``|g|`` under their ``grad`` flag: the counting
+loops then never read ``w``) on the fly, in float32 exactly as torch does (one IEEE multiply;
+``-ffp-contract=off``, which clang does not default to, keeps ``buf += g * g`` two roundings,
+like torch), and never write a score vector.
 
 The library needs only a C compiler (``cc``/``gcc``; no Python headers, no torch headers),
 builds in well under a second, and is cached under ``$SCISSORHANDS_KERNELS_CACHE`` (default
@@ -39,15 +41,17 @@ typedef int32_t vi __attribute__((vector_size(64)));
 #define STEP 64 /* entries per unrolled step: 4 vectors */
 
 static inline vf ld(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
-/* |w*g| exactly as fabsf(w*g): one IEEE multiply, then the sign bit cleared */
-static inline vf score(const float *w, const float *g) {
-    vf x = ld(w) * ld(g);
+/* |w*g| exactly as fabsf(w*g): one IEEE multiply, then the sign bit cleared; |g| when grad
+   (then w is not read: the counting loops get NULL) */
+static inline vf score(const float *w, const float *g, int grad) {
+    vf x = grad ? ld(g) : ld(w) * ld(g);
     vi b;
     memcpy(&b, &x, sizeof b);
     b &= 0x7fffffff;
     memcpy(&x, &b, sizeof x);
     return x;
 }
+static inline float score1(const float *w, const float *g, int grad) { return fabsf(grad ? *g : *w * *g); }
 static inline int any(vi m) {
     int32_t r = 0;
     for (int k = 0; k < VL; k++) r |= m[k];
@@ -87,12 +91,17 @@ void sh_acc_abs(float *restrict buf, const float *restrict g, int64_t n) {
     for (int64_t i = 0; i < n; i++) buf[i] += fabsf(g[i]);
 }
 
-/* One pass of the bracket search: with s = |w*g| and lo <= hi,
+/* buf[i] += g[i]^2 */
+void sh_acc_sq(float *restrict buf, const float *restrict g, int64_t n) {
+    for (int64_t i = 0; i < n; i++) buf[i] += g[i] * g[i];
+}
+
+/* One pass of the bracket search: with s = score(w, g, grad) and lo <= hi,
    counts[0] += #(s > hi), counts[1] += #(s == hi), counts[2] += #(s == lo && lo < hi),
    counts[3] += #(lo < s < hi); the values lo < s < hi go to cand[fill..cap) in order.
    Returns the new fill (it may exceed cap; only cap values are stored).
    n must stay below 2**31 * 16 (callers pass segments). */
-int64_t sh_count_collect(const float *restrict w, const float *restrict g, int64_t n,
+int64_t sh_count_collect(const float *restrict w, const float *restrict g, int64_t n, int grad,
                          float lo, float hi, int64_t *restrict counts,
                          float *restrict cand, int64_t cap, int64_t fill) {
     int64_t gt = 0, eqh = 0, eql = 0, ins = 0;
@@ -102,7 +111,7 @@ int64_t sh_count_collect(const float *restrict w, const float *restrict g, int64
         vf s[4];
         vi in = {0};
         for (int q = 0; q < 4; q++) {
-            s[q] = score(w + i + VL * q, g + i + VL * q);
+            s[q] = score(w + i + VL * q, g + i + VL * q, grad);
             vi a = s[q] > hi;
             above -= a;
             in |= (s[q] >= lo) & ~a;
@@ -119,7 +128,7 @@ int64_t sh_count_collect(const float *restrict w, const float *restrict g, int64
     }
     gt += hsum(above);
     for (; i < n; i++) {
-        float v = fabsf(w[i] * g[i]);
+        float v = score1(w + i, g + i, grad);
         if (v > hi) gt++;
         else if (v < lo) continue;
         else if (v == hi) eqh++;
@@ -131,18 +140,18 @@ int64_t sh_count_collect(const float *restrict w, const float *restrict g, int64
 }
 
 /* counts[0] += #(s > tau), counts[1] += #(s == tau) */
-void sh_count_sel(const float *restrict w, const float *restrict g, int64_t n, float tau,
+void sh_count_sel(const float *restrict w, const float *restrict g, int64_t n, int grad, float tau,
                   int64_t *restrict counts) {
     vi gt = {0}, eq = {0};
     int64_t i = 0;
     for (; i + VL <= n; i += VL) {
-        vf s = score(w + i, g + i);
+        vf s = score(w + i, g + i, grad);
         gt -= s > tau;
         eq -= s == tau;
     }
     int64_t g1 = hsum(gt), e1 = hsum(eq);
     for (; i < n; i++) {
-        float v = fabsf(w[i] * g[i]);
+        float v = score1(w + i, g + i, grad);
         g1 += v > tau;
         e1 += v == tau;
     }
@@ -151,14 +160,14 @@ void sh_count_sel(const float *restrict w, const float *restrict g, int64_t n, f
 
 /* w[i] <- fresh[j++] for every i with s > tau, and for the first `ties` i with s == tau,
    in index order. Returns how many were written. */
-int64_t sh_write_sel(float *restrict w, const float *restrict g, int64_t n, float tau,
+int64_t sh_write_sel(float *restrict w, const float *restrict g, int64_t n, int grad, float tau,
                      int64_t ties, const float *restrict fresh) {
     int64_t j = 0, i = 0;
     for (; i + STEP <= n; i += STEP) {
         vf s[4];
         uint64_t above = 0, tied = 0;
         for (int q = 0; q < 4; q++) {
-            s[q] = score(w + i + VL * q, g + i + VL * q);
+            s[q] = score(w + i + VL * q, g + i + VL * q, grad);
             above |= (uint64_t)bits16(s[q] > tau) << (VL * q);
             tied |= (uint64_t)bits16(s[q] == tau) << (VL * q);
         }
@@ -170,7 +179,7 @@ int64_t sh_write_sel(float *restrict w, const float *restrict g, int64_t n, floa
         for (; above; above &= above - 1) w[i + __builtin_ctzll(above)] = fresh[j++];
     }
     for (; i < n; i++) {
-        float v = fabsf(w[i] * g[i]);
+        float v = score1(w + i, g + i, grad);
         if (v > tau) w[i] = fresh[j++];
         else if (v == tau && ties > 0) { ties--; w[i] = fresh[j++]; }
     }
@@ -197,7 +206,7 @@ void sh_dots(const float *restrict g, const float *restrict r, int64_t n, double
 }
 """
 
-_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-Wno-psabi")
+_FLAGS = ("-O3", "-std=c11", "-ffp-contract=off", "-shared", "-fPIC", "-Wno-psabi")
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -240,14 +249,15 @@ def compile_to(target: Path, native: bool = True) -> bool:
 
 def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Declare the C signatures on a loaded library."""
-    p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-    lib.sh_acc_abs.argtypes = [p, p, i64]
-    lib.sh_acc_abs.restype = None
-    lib.sh_count_collect.argtypes = [p, p, i64, f32, f32, p, p, i64, i64]
+    p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+    for acc in (lib.sh_acc_abs, lib.sh_acc_sq):
+        acc.argtypes = [p, p, i64]
+        acc.restype = None
+    lib.sh_count_collect.argtypes = [p, p, i64, i32, f32, f32, p, p, i64, i64]
     lib.sh_count_collect.restype = i64
-    lib.sh_count_sel.argtypes = [p, p, i64, f32, p]
+    lib.sh_count_sel.argtypes = [p, p, i64, i32, f32, p]
     lib.sh_count_sel.restype = None
-    lib.sh_write_sel.argtypes = [p, p, i64, f32, i64, p]
+    lib.sh_write_sel.argtypes = [p, p, i64, i32, f32, i64, p]
     lib.sh_write_sel.restype = i64
     lib.sh_dots.argtypes = [p, p, i64, p]
     lib.sh_dots.restype = None

@@ -5,7 +5,9 @@ into one vector except where a test oracle needs to (``selection_masks`` works p
 
 Selection rule (shared by every backend)
 ----------------------------------------
-Scores are ``s = |w * G|``. Selecting ``n`` entries out of ``N`` picks every entry with
+Scores are ``s = |w * G|`` (``score="snip"``, SNIP connection sensitivity, the default) or
+``s = |G|`` (``score="grad"``, SalUn's gradient saliency: the weights give only the shapes),
+in float32. Selecting ``n`` entries out of ``N`` picks every entry with
 ``s > tau`` plus the first ``take_ties`` entries with ``s == tau``, where ``tau`` is the
 n-th largest score and ties are broken by the lower *global index* (tensors in list order,
 entries in row-major order inside each tensor). Exactly ``n`` entries are selected.
@@ -18,6 +20,8 @@ from typing import Sequence
 import torch
 
 Tensors = Sequence[torch.Tensor]
+
+SCORES = ("snip", "grad")
 
 
 @dataclass(frozen=True)
@@ -43,14 +47,36 @@ def accumulate_abs_grad_(buffers: Tensors, grads: Tensors) -> None:
         buf.add_(g.abs())
 
 
-def scores(weights: Tensors, grad_sums: Tensors) -> list[torch.Tensor]:
-    """Connection sensitivity |w * G|, computed in float32."""
-    return [(w.float() * g.float()).abs() for w, g in zip(weights, grad_sums, strict=True)]
+def square(g: torch.Tensor) -> torch.Tensor:
+    """g ** 2 in float32 at least: half-precision squares overflow (fp16 beyond 256)."""
+    return g.to(torch.promote_types(g.dtype, torch.float32)).square()
 
 
-def select_threshold(weights: Tensors, grad_sums: Tensors, n_select: int) -> Threshold:
+def accumulate_sq_grad_(buffers: Tensors, grads: Tensors) -> None:
+    """buffers[i] += grads[i] ** 2 (in place): SSD's diagonal Fisher importance."""
+    for buf, g in zip(buffers, grads, strict=True):
+        buf.add_(square(g))
+
+
+def check_score(score: str) -> None:
+    if score not in SCORES:
+        raise ValueError(f"score={score!r} is unknown; allowed: {', '.join(SCORES)}")
+
+
+def score_of(w: torch.Tensor, g: torch.Tensor, score: str) -> torch.Tensor:
+    """The float32 scores of one tensor pair (``score`` already checked)."""
+    return g.float().abs() if score == "grad" else (w.float() * g.float()).abs()
+
+
+def scores(weights: Tensors, grad_sums: Tensors, score: str = "snip") -> list[torch.Tensor]:
+    """Per tensor, the float32 scores of the module's selection rule."""
+    check_score(score)
+    return [score_of(w, g, score) for w, g in zip(weights, grad_sums, strict=True)]
+
+
+def select_threshold(weights: Tensors, grad_sums: Tensors, n_select: int, score: str = "snip") -> Threshold:
     """The threshold that selects exactly ``n_select`` entries (see the module's tie rule)."""
-    flat = torch.cat([s.flatten() for s in scores(weights, grad_sums)])
+    flat = torch.cat([s.flatten() for s in scores(weights, grad_sums, score)])
     total = flat.numel()
     if not 0 <= n_select <= total:
         raise ValueError(f"n_select={n_select} must be within [0, {total}]")
@@ -61,12 +87,14 @@ def select_threshold(weights: Tensors, grad_sums: Tensors, n_select: int) -> Thr
     return Threshold(tau=float(tau), take_ties=n_select - above, n_selected=n_select)
 
 
-def selection_masks(weights: Tensors, grad_sums: Tensors, threshold: Threshold) -> list[torch.Tensor]:
+def selection_masks(
+    weights: Tensors, grad_sums: Tensors, threshold: Threshold, score: str = "snip"
+) -> list[torch.Tensor]:
     """Boolean masks (one per tensor) of the entries the threshold selects."""
     masks = []
     ties_left = threshold.take_ties
     tau = torch.tensor(threshold.tau, dtype=torch.float32)
-    for s in scores(weights, grad_sums):
+    for s in scores(weights, grad_sums, score):
         mask = s > tau
         if ties_left > 0:
             ties = (s == tau).flatten()
@@ -97,6 +125,7 @@ def masked_reinit_(
     threshold: Threshold,
     inits: Sequence[InitSpec | None],
     generator: torch.Generator | None = None,
+    score: str = "snip",
 ) -> int:
     """Re-initialise the selected entries of eligible tensors in place; returns how many changed.
 
@@ -110,7 +139,7 @@ def masked_reinit_(
     same caller stream, other values).
     """
     changed = 0
-    masks = selection_masks(weights, grad_sums, threshold)
+    masks = selection_masks(weights, grad_sums, threshold, score)
     device = weights[0].device if len(weights) else torch.device("cpu")
     fresh_gen = fresh_generator(generator, device)
     for w, mask, init in zip(weights, masks, inits, strict=True):

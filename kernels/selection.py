@@ -1,7 +1,8 @@
 """Exact global top-n threshold without a concatenated score vector (shared by fused and triton).
 
-Scores ``s = |w * G|`` are non-negative float32, so they order like the int32 bit patterns
-("keys") of their values. The search needs only two device-specific primitives:
+Scores (``|w * G|`` or ``|G|``, see :mod:`kernels.reference`) are non-negative float32, so
+they order like the int32 bit patterns ("keys") of their values. The search needs only two
+device-specific primitives:
 
 * ``sample()``: a systematic sample of the scores (every ``stride``-th entry of the
   concatenated order, computed on the fly): a 1-D float32 tensor of a few 10^4-10^5 values;

@@ -179,13 +179,21 @@ def accumulate_abs_grad_(buffers: Tensors, grads: Tensors) -> None:
     if not supported(buffers, grads):
         return reference.accumulate_abs_grad_(buffers, grads)
     for plan in _runs(buffers, grads):
-        _launch(K.acc_abs_kernel, plan)
+        _launch(K.acc_kernel, plan, SQUARE=False)
+
+
+@torch.no_grad()
+def accumulate_sq_grad_(buffers: Tensors, grads: Tensors) -> None:
+    if not supported(buffers, grads):
+        return reference.accumulate_sq_grad_(buffers, grads)
+    for plan in _runs(buffers, grads):  # unfused: round g * g, then add, as the reference does
+        _launch(K.acc_kernel, plan, SQUARE=True, enable_fp_fusion=False)
 
 
 # --------------------------------------------------------------------------- selection
 
-# n_tied of the last thresholds this backend computed, keyed by the threshold and the
-# identity and version of every input: masked_reinit_ then knows whether ties need ranking.
+# n_tied of the last thresholds this backend computed, keyed by the threshold, the score and
+# the identity and version of every input: masked_reinit_ then knows whether ties need ranking.
 _tied: OrderedDict = OrderedDict()
 
 
@@ -193,16 +201,16 @@ def _inputs_key(weights: Tensors, grad_sums: Tensors) -> tuple:
     return tuple((id(t), t.data_ptr(), t._version) for t in (*weights, *grad_sums))
 
 
-def _remember_ties(th: Threshold, weights: Tensors, grad_sums: Tensors, n_tied: int | None) -> None:
+def _remember_ties(th: Threshold, score: str, weights: Tensors, grad_sums: Tensors, n_tied: int | None) -> None:
     refs = [weakref.ref(t) for t in (*weights, *grad_sums)]
-    _tied[(th, _inputs_key(weights, grad_sums))] = (n_tied, refs)
+    _tied[(th, score, _inputs_key(weights, grad_sums))] = (n_tied, refs)
     while len(_tied) > 8:
         _tied.popitem(last=False)
 
 
-def _recall_ties(th: Threshold, weights: Tensors, grad_sums: Tensors) -> int | None:
+def _recall_ties(th: Threshold, score: str, weights: Tensors, grad_sums: Tensors) -> int | None:
     """n_tied from the select call on these very tensors, unchanged since; else None."""
-    hit = _tied.get((th, _inputs_key(weights, grad_sums)))
+    hit = _tied.get((th, score, _inputs_key(weights, grad_sums)))
     if hit is None:
         return None
     n_tied, refs = hit
@@ -211,7 +219,9 @@ def _recall_ties(th: Threshold, weights: Tensors, grad_sums: Tensors) -> int | N
     return n_tied
 
 
-def sample_scores(weights: Tensors, grad_sums: Tensors, size: int, plans: list[_Plan] | None = None) -> torch.Tensor:
+def sample_scores(
+    weights: Tensors, grad_sums: Tensors, size: int, plans: list[_Plan] | None = None, score: str = "snip"
+) -> torch.Tensor:
     """The same systematic sample as the fused backend, one launch per dtype run."""
     plans = plans if plans is not None else _runs(weights, grad_sums)
     numels = [w.numel() for w in weights]
@@ -233,7 +243,7 @@ def sample_scores(weights: Tensors, grad_sums: Tensors, size: int, plans: list[_
         sb = 1024
         K.sample_kernel[(-(-count // sb),)](
             plan.table, plan.cum, plan.T, first, stride, count, out,
-            A_T=plan.a_t, B_T=plan.b_t, LOG_T=plan.log_t, SBLOCK=sb, num_warps=4,
+            A_T=plan.a_t, B_T=plan.b_t, LOG_T=plan.log_t, SBLOCK=sb, GRAD=score == "grad", num_warps=4,
         )
         parts.append(out)
     return torch.cat(parts) if parts else torch.empty(0, device=device)
@@ -243,7 +253,7 @@ def _cand_cap(weights: Tensors) -> int:
     return max(MIN_CAND, int(CAND_FRACTION * sum(w.numel() * w.element_size() for w in weights)) // 4)
 
 
-def _count_collect(plans: list[_Plan], device: torch.device):
+def _count_collect(plans: list[_Plan], device: torch.device, score: str):
     progs = [_programs(device, p.n_blocks) for p in plans]
 
     def count_collect(lo: float, hi: float, cap: int) -> selection.Counts:
@@ -252,7 +262,10 @@ def _count_collect(plans: list[_Plan], device: torch.device):
         counts = torch.empty(sum(progs), 5, dtype=torch.int64, device=device)
         off = 0
         for plan, p in zip(plans, progs):
-            _launch(K.count_collect_kernel, plan, lo, hi, counts[off:], cand[off * region :], region, programs=p)
+            _launch(
+                K.count_collect_kernel, plan, lo, hi, counts[off:], cand[off * region :], region,
+                programs=p, GRAD=score == "grad",
+            )
             off += p
         fills = counts[:, 4]
         summary = torch.cat([counts[:, :4].sum(0), fills.max().reshape(1)]).tolist()
@@ -271,12 +284,14 @@ def select_threshold(
     weights: Tensors,
     grad_sums: Tensors,
     n_select: int,
+    score: str = "snip",
     *,
     sample_size: int | None = None,
     cand_cap: int | None = None,
 ) -> Threshold:
+    reference.check_score(score)
     if not supported(weights, grad_sums):
-        return reference.select_threshold(weights, grad_sums, n_select)
+        return reference.select_threshold(weights, grad_sums, n_select, score)
     plans = _runs(weights, grad_sums)
     total = sum(w.numel() for w in weights)
     if not 0 <= n_select <= total:
@@ -289,17 +304,19 @@ def select_threshold(
     th = selection.find_threshold(
         n_select,
         total,
-        lambda: sample_scores(weights, grad_sums, size, plans),
-        _count_collect(plans, device),
+        lambda: sample_scores(weights, grad_sums, size, plans, score),
+        _count_collect(plans, device, score),
         _cand_cap(weights) if cand_cap is None else cand_cap,
         info=info,
     )
-    _remember_ties(th, weights, grad_sums, info.get("n_tied"))
+    _remember_ties(th, score, weights, grad_sums, info.get("n_tied"))
     return th
 
 
-def selection_masks(weights: Tensors, grad_sums: Tensors, threshold: Threshold) -> list[torch.Tensor]:
-    return reference.selection_masks(weights, grad_sums, threshold)
+def selection_masks(
+    weights: Tensors, grad_sums: Tensors, threshold: Threshold, score: str = "snip"
+) -> list[torch.Tensor]:
+    return reference.selection_masks(weights, grad_sums, threshold, score)
 
 
 # --------------------------------------------------------------------------- trimming
@@ -312,13 +329,16 @@ def masked_reinit_(
     threshold: Threshold,
     inits: Sequence[InitSpec | None],
     generator: torch.Generator | None = None,
+    score: str = "snip",
 ) -> int:
+    reference.check_score(score)
     if len(inits) != len(weights):
         raise ValueError(f"{len(weights)} weights but {len(inits)} init specs")
     if not supported(weights, grad_sums):
-        return reference.masked_reinit_(weights, grad_sums, threshold, inits, generator)
+        return reference.masked_reinit_(weights, grad_sums, threshold, inits, generator, score)
     device = weights[0].device if len(weights) else torch.device("cpu")
-    n_tied = _recall_ties(threshold, weights, grad_sums)
+    grad = score == "grad"
+    n_tied = _recall_ties(threshold, score, weights, grad_sums)
     fresh_gen = reference.fresh_generator(generator, device)  # one draw, like the reference
     eligible = [0 if i is None else 1 for i in inits]
     if threshold.n_selected == 0 or not any(eligible):
@@ -338,7 +358,7 @@ def masked_reinit_(
         per_block = []
         for plan in plans:
             out = torch.empty(plan.n_blocks, dtype=torch.int64, device=device)
-            _launch(K.tie_count_kernel, plan, tau, out)
+            _launch(K.tie_count_kernel, plan, tau, out, GRAD=grad)
             per_block.append(out)
         allb = torch.cat(per_block)
         excl = torch.cumsum(allb, 0) - allb
@@ -354,7 +374,7 @@ def masked_reinit_(
         _launch(
             K.trim_kernel, plan, tau, take, before,
             seeds if whole else seeds[plan.index()], bounds if whole else bounds[plan.index()], out,
-            programs=p, TIES=mode,
+            programs=p, TIES=mode, GRAD=grad,
         )
         changed.append(out.sum())
     return int(torch.stack(changed).sum()) if changed else 0

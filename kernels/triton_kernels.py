@@ -6,10 +6,11 @@ holds the cumulative number of BLOCK-sized blocks per tensor. Programs grid-stri
 the global block index and find each block's tensor by binary search in ``blk_off``. Full
 blocks take an unmasked path (vectorised loads when ALIGNED: every base address is a
 multiple of 16 bytes); the last block of a tensor takes the masked path.
-Scores are ``|float32(w) * float32(g)|``, exactly as the reference computes them.
+Scores are ``|float32(w) * float32(g)|``, or ``|float32(g)|`` under the constexpr GRAD
+(``score="grad"``: w is then not loaded), exactly as the reference computes them.
 Under TRITON_INTERPRET=1 the same kernels run on CPU tensors.
 Integer arguments are not specialised and LOG_T comes in buckets, so one compiled variant per
-(kernel, dtypes, mode) serves every list.
+(kernel, dtypes, modes) serves every list.
 """
 from __future__ import annotations
 
@@ -47,17 +48,33 @@ def _where_am_i(table, blk_off, blk, T, LOG_T: tl.constexpr, BLOCK: tl.constexpr
 
 
 @triton.jit
-def _scores(wp, gp, offs, n, FULL: tl.constexpr):
+def _load_f32(p, offs, m, FULL: tl.constexpr):
+    if FULL:
+        x = tl.load(p + offs)
+    else:
+        x = tl.load(p + offs, mask=m, other=0.0)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _score(wp, gp, offs, m, FULL: tl.constexpr, GRAD: tl.constexpr):
+    """|w * g|, or |g| when GRAD (w not loaded), at offs; m masks the loads unless FULL."""
+    g = _load_f32(gp, offs, m, FULL)
+    if GRAD:
+        s = tl.abs(g)
+    else:
+        s = tl.abs(_load_f32(wp, offs, m, FULL) * g)
+    return s
+
+
+@triton.jit
+def _scores(wp, gp, offs, n, FULL: tl.constexpr, GRAD: tl.constexpr):
     """Scores of one block; -1 where the block runs past the tensor (below every bracket)."""
     if FULL:
-        w = tl.load(wp + offs)
-        g = tl.load(gp + offs)
-        s = tl.abs(w.to(tl.float32) * g.to(tl.float32))
+        s = _score(wp, gp, offs, None, True, GRAD)
     else:
         m = offs < n
-        w = tl.load(wp + offs, mask=m, other=0.0)
-        g = tl.load(gp + offs, mask=m, other=0.0)
-        s = tl.where(m, tl.abs(w.to(tl.float32) * g.to(tl.float32)), -1.0)
+        s = tl.where(m, _score(wp, gp, offs, m, False, GRAD), -1.0)
     return s
 
 
@@ -65,31 +82,42 @@ def _scores(wp, gp, offs, n, FULL: tl.constexpr):
 
 
 @triton.jit
-def _acc_block(bp, gp, offs, n, FULL: tl.constexpr):
+def _acc_term(g, SQUARE: tl.constexpr):
+    g = g.to(tl.float32)
+    if SQUARE:
+        t = g * g
+    else:
+        t = tl.abs(g)
+    return t
+
+
+@triton.jit
+def _acc_block(bp, gp, offs, n, FULL: tl.constexpr, SQUARE: tl.constexpr):
     if FULL:
         b = tl.load(bp + offs)
         g = tl.load(gp + offs)
-        tl.store(bp + offs, (b.to(tl.float32) + tl.abs(g.to(tl.float32))).to(b.dtype))
+        tl.store(bp + offs, (b.to(tl.float32) + _acc_term(g, SQUARE)).to(b.dtype))
     else:
         m = offs < n
         b = tl.load(bp + offs, mask=m, other=0.0)
         g = tl.load(gp + offs, mask=m, other=0.0)
-        tl.store(bp + offs, (b.to(tl.float32) + tl.abs(g.to(tl.float32))).to(b.dtype), mask=m)
+        tl.store(bp + offs, (b.to(tl.float32) + _acc_term(g, SQUARE)).to(b.dtype), mask=m)
 
 
 @triton.jit(do_not_specialize=["n_blocks", "T"])
-def acc_abs_kernel(table, blk_off, n_blocks, T, A_T: tl.constexpr, B_T: tl.constexpr,
-                   LOG_T: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
-    """table: (buffer, gradient, numel, -): buffer += |gradient|."""
+def acc_kernel(table, blk_off, n_blocks, T, A_T: tl.constexpr, B_T: tl.constexpr,
+               LOG_T: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr, SQUARE: tl.constexpr):
+    """table: (buffer, gradient, numel, -): buffer += |gradient|, or gradient ** 2 when SQUARE
+    (launch without fp fusion: the reference rounds the square before the add)."""
     for blk in range(tl.program_id(0), n_blocks, tl.num_programs(0)):
         t, n, start = _where_am_i(table, blk_off, blk, T, LOG_T, BLOCK)
         bp = _ptr(table, t, 0, A_T, ALIGNED)
         gp = _ptr(table, t, 1, B_T, ALIGNED)
         offs = start + tl.arange(0, BLOCK)
         if start + BLOCK <= n:
-            _acc_block(bp, gp, offs, n, True)
+            _acc_block(bp, gp, offs, n, True, SQUARE)
         else:
-            _acc_block(bp, gp, offs, n, False)
+            _acc_block(bp, gp, offs, n, False, SQUARE)
 
 
 # ----------------------------------------------------------------------------- selection
@@ -97,7 +125,8 @@ def acc_abs_kernel(table, blk_off, n_blocks, T, A_T: tl.constexpr, B_T: tl.const
 
 @triton.jit(do_not_specialize=["T", "first", "stride", "n_samples"])
 def sample_kernel(table, cum, T, first, stride, n_samples, out,
-                  A_T: tl.constexpr, B_T: tl.constexpr, LOG_T: tl.constexpr, SBLOCK: tl.constexpr):
+                  A_T: tl.constexpr, B_T: tl.constexpr, LOG_T: tl.constexpr, SBLOCK: tl.constexpr,
+                  GRAD: tl.constexpr):
     """out[j] = score at run-local flat position first + j * stride (cum: entries before each tensor)."""
     j = tl.program_id(0).to(tl.int64) * SBLOCK + tl.arange(0, SBLOCK)
     valid = j < n_samples
@@ -112,14 +141,13 @@ def sample_kernel(table, cum, T, first, stride, n_samples, out,
     local = pos - tl.load(cum + lo)
     wp = tl.load(table + lo * 4 + 0).to(tl.pointer_type(A_T))
     gp = tl.load(table + lo * 4 + 1).to(tl.pointer_type(B_T))
-    w = tl.load(wp + local, mask=valid, other=0.0)
-    g = tl.load(gp + local, mask=valid, other=0.0)
-    tl.store(out + j, tl.abs(w.to(tl.float32) * g.to(tl.float32)), mask=valid)
+    tl.store(out + j, _score(wp, gp, local, valid, False, GRAD), mask=valid)
 
 
 @triton.jit
-def _cc_block(wp, gp, offs, n, lo, hi, cand, fill, cap, gt, eqh, eql, ins, FULL: tl.constexpr):
-    s = _scores(wp, gp, offs, n, FULL)
+def _cc_block(wp, gp, offs, n, lo, hi, cand, fill, cap, gt, eqh, eql, ins, FULL: tl.constexpr,
+              GRAD: tl.constexpr):
+    s = _scores(wp, gp, offs, n, FULL, GRAD)
     gt += tl.sum((s > hi).to(tl.int32), 0).to(tl.int64)
     eqh += tl.sum((s == hi).to(tl.int32), 0).to(tl.int64)
     eql += tl.sum(((s == lo) & (lo < hi)).to(tl.int32), 0).to(tl.int64)
@@ -134,7 +162,7 @@ def _cc_block(wp, gp, offs, n, lo, hi, cand, fill, cap, gt, eqh, eql, ins, FULL:
 @triton.jit(do_not_specialize=["n_blocks", "T", "cap"])
 def count_collect_kernel(table, blk_off, n_blocks, T, lo, hi, counts, cand, cap,
                          A_T: tl.constexpr, B_T: tl.constexpr, LOG_T: tl.constexpr,
-                         BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+                         BLOCK: tl.constexpr, ALIGNED: tl.constexpr, GRAD: tl.constexpr):
     """Per program p: counts[p] = (#s>hi, #s==hi, #s==lo (lo<hi), #lo<s<hi, fill); the values
     lo < s < hi go to cand[p*cap : p*cap + min(fill, cap)]."""
     pid = tl.program_id(0)
@@ -150,9 +178,11 @@ def count_collect_kernel(table, blk_off, n_blocks, T, lo, hi, counts, cand, cap,
         gp = _ptr(table, t, 1, B_T, ALIGNED)
         offs = start + tl.arange(0, BLOCK)
         if start + BLOCK <= n:
-            fill, gt, eqh, eql, ins = _cc_block(wp, gp, offs, n, lo, hi, region, fill, cap, gt, eqh, eql, ins, True)
+            fill, gt, eqh, eql, ins = _cc_block(wp, gp, offs, n, lo, hi, region, fill, cap, gt, eqh, eql, ins,
+                                                True, GRAD)
         else:
-            fill, gt, eqh, eql, ins = _cc_block(wp, gp, offs, n, lo, hi, region, fill, cap, gt, eqh, eql, ins, False)
+            fill, gt, eqh, eql, ins = _cc_block(wp, gp, offs, n, lo, hi, region, fill, cap, gt, eqh, eql, ins,
+                                                False, GRAD)
     base = counts + pid * 5
     tl.store(base + 0, gt)
     tl.store(base + 1, eqh)
@@ -167,7 +197,7 @@ def count_collect_kernel(table, blk_off, n_blocks, T, lo, hi, counts, cand, cap,
 @triton.jit(do_not_specialize=["n_blocks", "T"])
 def tie_count_kernel(table, blk_off, n_blocks, T, tau, out,
                      A_T: tl.constexpr, B_T: tl.constexpr, LOG_T: tl.constexpr,
-                     BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+                     BLOCK: tl.constexpr, ALIGNED: tl.constexpr, GRAD: tl.constexpr):
     """out[blk] = #(s == tau) in block blk."""
     for blk in range(tl.program_id(0), n_blocks, tl.num_programs(0)):
         t, n, start = _where_am_i(table, blk_off, blk, T, LOG_T, BLOCK)
@@ -175,16 +205,16 @@ def tie_count_kernel(table, blk_off, n_blocks, T, tau, out,
         gp = _ptr(table, t, 1, B_T, ALIGNED)
         offs = start + tl.arange(0, BLOCK)
         if start + BLOCK <= n:
-            s = _scores(wp, gp, offs, n, True)
+            s = _scores(wp, gp, offs, n, True, GRAD)
         else:
-            s = _scores(wp, gp, offs, n, False)
+            s = _scores(wp, gp, offs, n, False, GRAD)
         tl.store(out + blk, tl.sum((s == tau).to(tl.int32), 0).to(tl.int64))
 
 
 @triton.jit
 def _trim_block(wp, gp, offs, n, tau, ties_before, take_ties, seed, low, high, TIES: tl.constexpr,
-                FULL: tl.constexpr):
-    s = _scores(wp, gp, offs, n, FULL)
+                FULL: tl.constexpr, GRAD: tl.constexpr):
+    s = _scores(wp, gp, offs, n, FULL, GRAD)
     sel = s > tau
     if TIES == 1:
         sel = sel | (s == tau)
@@ -201,7 +231,7 @@ def _trim_block(wp, gp, offs, n, tau, ties_before, take_ties, seed, low, high, T
 @triton.jit(do_not_specialize=["n_blocks", "T", "take_ties"])
 def trim_kernel(table, blk_off, n_blocks, T, tau, take_ties, ties_before, seeds, bounds, changed,
                 A_T: tl.constexpr, B_T: tl.constexpr, LOG_T: tl.constexpr, BLOCK: tl.constexpr,
-                ALIGNED: tl.constexpr, TIES: tl.constexpr):
+                ALIGNED: tl.constexpr, TIES: tl.constexpr, GRAD: tl.constexpr):
     """table: (weight, score gradient, numel, eligible). Selected entries of eligible tensors
     get low + (high - low) * rand(seed[t], index); TIES: 0 none, 1 every s == tau, 2 the first
     take_ties by global rank (ties_before[blk]: ties in earlier blocks)."""
@@ -220,9 +250,9 @@ def trim_kernel(table, blk_off, n_blocks, T, tau, take_ties, ties_before, seeds,
                 before = tl.load(ties_before + blk)
             offs = start + tl.arange(0, BLOCK)
             if start + BLOCK <= n:
-                total += _trim_block(wp, gp, offs, n, tau, before, take_ties, seed, low, high, TIES, True)
+                total += _trim_block(wp, gp, offs, n, tau, before, take_ties, seed, low, high, TIES, True, GRAD)
             else:
-                total += _trim_block(wp, gp, offs, n, tau, before, take_ties, seed, low, high, TIES, False)
+                total += _trim_block(wp, gp, offs, n, tau, before, take_ties, seed, low, high, TIES, False, GRAD)
     tl.store(changed + pid, total)
 
 

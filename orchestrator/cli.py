@@ -118,7 +118,7 @@ def cmd_pick(args) -> int:
     chosen, table = pick(_storage(args), args.name, args.rule, args.where or [], alias=args.alias,
                          model_name=args.model_name, tracking_uri=args.tracking_uri,
                          frontier_only=args.frontier_only, validate_seeds=args.validate_seeds,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, method=args.pick_method)
     print(f"trial {chosen['trial_id']}: {json.dumps(chosen['config'])}")
     print(table)
     validation = chosen["validation"]
@@ -203,6 +203,8 @@ def build_parser(task_name: str = "classification", method_name: str | None = No
     p.add_argument("--rule", default="min-avg_gap", help="min-METRIC or max-METRIC, e.g. min-avg-gap, max-RA")
     p.add_argument("--where", action="append", help="constraint METRIC>=X / METRIC<=X (repeatable), e.g. UA>=90")
     p.add_argument("--frontier-only", action="store_true", help="choose among frontier trials only")
+    p.add_argument("--method", dest="pick_method", default=None,
+                   help="a comparison sweep: choose among this method's trials")
     p.add_argument("--alias", default="champion")
     p.add_argument("--model-name", default=None, help="registered model name (default: the sweep name)")
     p.add_argument("--validate-seeds", type=int, default=5,

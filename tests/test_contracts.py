@@ -76,8 +76,9 @@ def test_method_contract(name):
     result, epochs, cfg = run(name)
     assert isinstance(result, MethodResult) and result.seconds > 0
     assert not result.model.training
-    assert len(epochs) == cfg.epochs == len(result.history) and epochs == result.history
-    assert [e["epoch"] for e in epochs] == list(range(cfg.epochs))
+    n_epochs = getattr(cfg, "epochs", 0)  # a method without training (SSD) reports no epochs
+    assert len(epochs) == n_epochs == len(result.history) and epochs == result.history
+    assert [e["epoch"] for e in epochs] == list(range(n_epochs))
     assert all(isinstance(v, float) and math.isfinite(v) for e in epochs for k, v in e.items() if k != "epoch")
     again, _, _ = run(name)
     for (key, a), b in zip(result.model.state_dict().items(), again.model.state_dict().values()):
@@ -86,7 +87,7 @@ def test_method_contract(name):
     assert any(not torch.equal(a, b) for a, b in zip(result.model.parameters(), other.model.parameters()))
 
 
-@pytest.mark.parametrize("name", list_methods())
+@pytest.mark.parametrize("name", [m for m in list_methods() if "lr" in get_method(m).knob_names()])
 def test_exploding_lr_raises_divergence(name):
     with pytest.raises(DivergenceError, match="lower --lr"):
         run(name, lr=1e30)
@@ -119,7 +120,7 @@ def test_task_contract(name):
 
 
 def test_unknown_method_and_task_list_the_known_ones(capsys):
-    with pytest.raises(UserError, match="known methods: scissorhands, scissorhands_diffusion"):
+    with pytest.raises(UserError, match="known methods: finetune, grad_ascent, .*, ssd"):
         get_method("nope")
     assert main(["unlearn", "--method", "nope"]) == 2
     assert "known methods:" in capsys.readouterr().err

@@ -23,6 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+SCORES = kernels.SCORES
+ACCUMULATE = {"abs": (reference.accumulate_abs_grad_, fused.accumulate_abs_grad_),
+              "sq": (reference.accumulate_sq_grad_, fused.accumulate_sq_grad_)}
+
+
+def plain_scores(ws, gs, score):
+    """The scores written out independently of the kernels."""
+    return [(g.float().abs() if score == "grad" else (w.float() * g.float()).abs()) for w, g in zip(ws, gs)]
 
 
 # ----------------------------------------------------------------------------- strategies
@@ -44,11 +52,13 @@ def tensor_lists(draw, max_tensors=6, max_side=40):
         g = torch.rand(dims, generator=gen) * 3
         if ties == "some":
             w = torch.round(w * 8) / 8
+            g = torch.round(g * 8) / 8
         elif ties == "heavy":
             w = torch.round(w)
             g = torch.round(g)
         elif ties == "zeros":
             w = torch.where(torch.rand(dims, generator=gen) < 0.5, torch.zeros(dims), w)
+            g = torch.where(torch.rand(dims, generator=gen) < 0.3, torch.zeros(dims), g)
         ws.append(w.to(w_dtype))
         gs.append(g.to(g_dtype))
     if sum(w.numel() for w in ws) == 0:
@@ -88,29 +98,33 @@ SEARCH_KNOBS = [{}, {"sample_size": 3, "cand_cap": 4}, {"sample_size": 50, "cand
 # ----------------------------------------------------------------------------- selection
 
 
+@pytest.mark.parametrize("score", SCORES)
 @SETTINGS
 @given(data=st.data())
-def test_fused_threshold_is_the_reference_threshold_bit_for_bit(data):
+def test_fused_threshold_is_the_reference_threshold_bit_for_bit(score, data):
     ws, gs = data.draw(tensor_lists())
     total = sum(w.numel() for w in ws)
     n = data.draw(n_selects(total))
     knobs = data.draw(st.sampled_from(SEARCH_KNOBS))
-    want = reference.select_threshold(ws, gs, n)
-    got = fused.select_threshold(ws, gs, n, **knobs)
+    want = reference.select_threshold(ws, gs, n, score)
+    got = fused.select_threshold(ws, gs, n, score, **knobs)
     assert same_threshold(got, want), (got, want)
-    masks = reference.selection_masks(ws, gs, got)
+    masks = reference.selection_masks(ws, gs, got, score)
     assert sum(int(m.sum()) for m in masks) == n  # exactly n selected
+    fused_masks = fused.selection_masks(ws, gs, got, score)
+    assert all(torch.equal(a, b) for a, b in zip(masks, fused_masks))
 
 
+@pytest.mark.parametrize("score", SCORES)
 @SETTINGS
 @given(data=st.data())
-def test_threshold_selects_exactly_the_top_n_with_ties_to_the_lowest_index(data):
+def test_threshold_selects_exactly_the_top_n_with_ties_to_the_lowest_index(score, data):
     ws, gs = data.draw(tensor_lists(max_tensors=4, max_side=12))
     total = sum(w.numel() for w in ws)
     n = data.draw(n_selects(total))
-    th = kernels.select_threshold(ws, gs, n)
-    flat = torch.cat([(w.float() * g.float()).abs().flatten() for w, g in zip(ws, gs)])
-    mask = torch.cat([m.flatten() for m in kernels.selection_masks(ws, gs, th)])
+    th = kernels.select_threshold(ws, gs, n, score=score)
+    flat = torch.cat([s.flatten() for s in plain_scores(ws, gs, score)])
+    mask = torch.cat([m.flatten() for m in kernels.selection_masks(ws, gs, th, score=score)])
     assert int(mask.sum()) == n
     if 0 < n < total:
         assert flat[mask].min() >= flat[~mask].max()
@@ -120,9 +134,37 @@ def test_threshold_selects_exactly_the_top_n_with_ties_to_the_lowest_index(data)
     assert torch.equal(taken, tied[: th.take_ties])
 
 
-def reference_code_masks(ws, gs, trim_ratio):
+@SETTINGS
+@given(data=st.data(), backend=st.sampled_from(["reference", "fused"]))
+def test_grad_score_selects_the_top_n_gradients_whatever_the_weights(data, backend):
+    """score="grad": the n largest |G| (ties to the lowest index); weight values never enter,
+    not even NaN or inf ones, in the threshold, the masks or the re-initialisation."""
+    ws, gs = data.draw(tensor_lists(max_tensors=4, max_side=12))
+    total = sum(w.numel() for w in ws)
+    n = data.draw(n_selects(total))
+    fill = data.draw(st.sampled_from([float("nan"), float("inf"), 0.0]))
+    other = [torch.full_like(w, fill) for w in ws]
+    th = kernels.select_threshold(ws, gs, n, backend=backend, score="grad")
+    assert th == kernels.select_threshold(other, gs, n, backend=backend, score="grad")
+    flat = torch.cat([g.float().abs().flatten() for g in gs])
+    want = torch.zeros(total, dtype=torch.bool)
+    want[torch.sort(flat, descending=True, stable=True).indices[:n]] = True
+    for w in (ws, other):
+        got = torch.cat([m.flatten() for m in kernels.selection_masks(w, gs, th, backend=backend, score="grad")])
+        assert torch.equal(got, want)
+    a, b = [w.clone() for w in ws], [w.clone() for w in other]
+    inits = [InitSpec(-0.5, 0.25)] * len(ws)
+    for w in (a, b):
+        kernels.masked_reinit_(w, gs, th, inits, torch.Generator().manual_seed(3), backend=backend, score="grad")
+    a_flat, b_flat = torch.cat([x.flatten() for x in a]), torch.cat([x.flatten() for x in b])
+    assert torch.equal(a_flat[want], b_flat[want])  # the same fresh values in the same places
+    untouched = torch.cat([x.flatten() for x in other])[~want]
+    torch.testing.assert_close(b_flat[~want], untouched, rtol=0, atol=0, equal_nan=True)
+
+
+def reference_code_masks(ws, gs, trim_ratio, score="snip"):
     """The published code's cut, verbatim in spirit: concatenate, kthvalue, guard, s > tau."""
-    s = [(w.float() * g.float()).abs() for w, g in zip(ws, gs)]
+    s = plain_scores(ws, gs, score)
     flat = torch.cat([t.flatten() for t in s])
     k = min(max(int((1 - trim_ratio) * flat.numel()), 1), flat.numel())
     tau = flat.kthvalue(k).values
@@ -131,15 +173,16 @@ def reference_code_masks(ws, gs, trim_ratio):
     return [t > tau for t in s]
 
 
+@pytest.mark.parametrize("score", SCORES)
 @SETTINGS
 @given(data=st.data())
-def test_snip_threshold_selects_what_the_reference_code_selects(data):
+def test_snip_threshold_selects_what_the_reference_code_selects(score, data):
     ws, gs = data.draw(tensor_lists())
     trim = data.draw(st.sampled_from([0.001, 0.03, 0.1, 0.5, 0.97]))
-    want = reference_code_masks(ws, gs, trim)
+    want = reference_code_masks(ws, gs, trim, score)
     for backend in ("reference", "fused"):
-        th = kernels.snip_threshold(ws, gs, trim, backend=backend)
-        got = kernels.selection_masks(ws, gs, th, backend=backend)
+        th = kernels.snip_threshold(ws, gs, trim, backend=backend, score=score)
+        got = kernels.selection_masks(ws, gs, th, backend=backend, score=score)
         assert th.take_ties == 0 and th.n_selected == sum(int(m.sum()) for m in want)
         for g, w in zip(got, want):
             assert torch.equal(g, w)
@@ -169,6 +212,26 @@ def test_threshold_edges_and_errors():
     assert [m.tolist() for m in masks] == [[True, False, True], [[False, True]]]
 
 
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_unknown_score_is_an_error(backend):
+    ws, gs = [torch.tensor([3.0, 1.0, 2.0])], [torch.ones(3)]
+    th = Threshold(2.0, 0, 1)
+    allowed = r"score='fisher' is unknown; allowed: snip, grad"
+    calls = [
+        lambda: kernels.select_threshold(ws, gs, 1, backend=backend, score="fisher"),
+        lambda: kernels.snip_threshold(ws, gs, 0.5, backend=backend, score="fisher"),
+        lambda: kernels.selection_masks(ws, gs, th, backend=backend, score="fisher"),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=allowed):
+            call()
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    with pytest.raises(ValueError, match=allowed):
+        kernels.masked_reinit_(ws, gs, th, [InitSpec(0.0, 0.0)], gen, backend=backend, score="fisher")
+    assert torch.equal(gen.get_state(), state) and ws[0].tolist() == [3.0, 1.0, 2.0]  # nothing consumed or changed
+
+
 def test_all_scores_tied_and_infinite_scores():
     ws = [torch.zeros(7), torch.zeros(2, 3)]
     gs = [torch.ones(7), torch.ones(2, 3)]
@@ -178,18 +241,22 @@ def test_all_scores_tied_and_infinite_scores():
     gs = [torch.ones(4)]
     for n in range(5):
         assert fused.select_threshold(ws, gs, n) == reference.select_threshold(ws, gs, n)
+        assert fused.select_threshold(gs, ws, n, "grad") == reference.select_threshold(gs, ws, n, "grad")
 
 
-def test_select_on_non_contiguous_and_mixed_dtype_lists():
+@pytest.mark.parametrize("score", SCORES)
+def test_select_on_non_contiguous_and_mixed_dtype_lists(score):
     gen = torch.Generator().manual_seed(0)
     ws = [torch.randn(30, 20, generator=gen).t(), torch.randn(50, generator=gen).half(), torch.randn(7, 3, generator=gen)[:, 1]]
     gs = [torch.rand(20, 30, generator=gen), torch.rand(50, generator=gen), torch.rand(7, generator=gen).bfloat16()]
     total = sum(w.numel() for w in ws)
     for n in (1, 17, total // 2, total):
-        assert fused.select_threshold(ws, gs, n, sample_size=20, cand_cap=8) == reference.select_threshold(ws, gs, n)
+        want = reference.select_threshold(ws, gs, n, score)
+        assert fused.select_threshold(ws, gs, n, score, sample_size=20, cand_cap=8) == want
 
 
-def test_larger_list_takes_the_one_pass_path():
+@pytest.mark.parametrize("score", SCORES)
+def test_larger_list_takes_the_one_pass_path(score):
     """Tens of thousands of entries over several threads: the sample brackets tau, one pass finds it."""
     gen = torch.Generator().manual_seed(1)
     shapes = [(64, 3, 3, 3), (64,), (128, 64, 3, 3), (128,), (256, 128, 3, 3), (10, 256)]
@@ -213,7 +280,7 @@ def test_larger_list_takes_the_one_pass_path():
         for ratio in (0.001, 0.03, 0.5, 0.97):
             n = int(ratio * total)
             calls.clear()
-            assert fused.select_threshold(ws, gs, n) == reference.select_threshold(ws, gs, n)
+            assert fused.select_threshold(ws, gs, n, score) == reference.select_threshold(ws, gs, n, score)
             assert len(calls) == 1, calls
     finally:
         fused._count_collect = orig
@@ -222,26 +289,27 @@ def test_larger_list_takes_the_one_pass_path():
 # ----------------------------------------------------------------------------- trimming
 
 
+@pytest.mark.parametrize("score", SCORES)
 @SETTINGS
 @given(data=st.data())
-def test_fused_reinit_is_bit_identical_to_the_reference(data):
+def test_fused_reinit_is_bit_identical_to_the_reference(score, data):
     ws, gs = data.draw(tensor_lists())
     total = sum(w.numel() for w in ws)
     n = data.draw(n_selects(total))
     inits = inits_for(data.draw, ws)
     seed = data.draw(st.integers(0, 1000))
-    th = reference.select_threshold(ws, gs, n)
+    th = reference.select_threshold(ws, gs, n, score)
     a = [w.clone() for w in ws]
     b = [w.clone() for w in ws]
     gen_a, gen_b = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
-    changed_a = reference.masked_reinit_(a, gs, th, inits, gen_a)
-    changed_b = fused.masked_reinit_(b, gs, th, inits, gen_b)
+    changed_a = reference.masked_reinit_(a, gs, th, inits, gen_a, score)
+    changed_b = fused.masked_reinit_(b, gs, th, inits, gen_b, score)
     assert changed_a == changed_b
     for x, y in zip(a, b):
         assert torch.equal(x, y)
     # The caller's stream advanced by the same single draw in both.
     assert torch.equal(gen_a.get_state(), gen_b.get_state())
-    masks = reference.selection_masks(ws, gs, th)
+    masks = reference.selection_masks(ws, gs, th, score)
     for w0, w1, m, init in zip(ws, b, masks, inits):
         if init is None:
             assert torch.equal(w0, w1)
@@ -265,18 +333,19 @@ def test_reinit_stream_does_not_depend_on_the_mask():
     assert all(torch.equal(s, states[0]) for s in states)
 
 
-def test_reinit_parameters_non_contiguous_float64_and_default_generator():
+@pytest.mark.parametrize("score", SCORES)
+def test_reinit_parameters_non_contiguous_float64_and_default_generator(score):
     gen = torch.Generator().manual_seed(3)
     base = [torch.randn(20, 30, generator=gen), torch.randn(64, generator=gen).double(), torch.randn(9, generator=gen)]
     gs = [torch.rand(30, 20, generator=gen).t(), torch.rand(64, generator=gen), torch.rand(9, generator=gen)]
     inits = [InitSpec(-1, 1), InitSpec(-0.1, 0.1), None]
-    th = reference.select_threshold(base, gs, 300)
+    th = reference.select_threshold(base, gs, 300, score)
     out = []
     for backend in ("reference", "fused"):
         params = [torch.nn.Parameter(base[0].t().contiguous().t()), torch.nn.Parameter(base[1].clone()), base[2].clone()]
         assert not params[0].is_contiguous()
         torch.manual_seed(11)
-        changed = kernels.masked_reinit_(params, gs, th, inits, None, backend=backend)
+        changed = kernels.masked_reinit_(params, gs, th, inits, None, backend=backend, score=score)
         out.append((changed, [p.detach().clone() for p in params], torch.randn(3)))
     assert out[0][0] == out[1][0] > 0
     assert all(torch.equal(x, y) for x, y in zip(out[0][1], out[1][1]))
@@ -342,26 +411,42 @@ def test_projection_fires_only_on_conflict_and_errors():
 # ----------------------------------------------------------------------------- accumulation
 
 
+@pytest.mark.parametrize("kind", ACCUMULATE)
 @SETTINGS
 @given(data=st.data())
-def test_fused_accumulation_is_bit_identical(data):
+def test_fused_accumulation_is_bit_identical(kind, data):
     ws, gs = data.draw(tensor_lists())
-    bufs_a = [torch.rand(w.shape, dtype=torch.float32) for w in ws]
+    buf_dtype = data.draw(st.sampled_from([torch.float32, ws[0].dtype]))
+    bufs_a = [torch.rand(w.shape, dtype=torch.float32).to(buf_dtype) for w in ws]
     bufs_b = [x.clone() for x in bufs_a]
+    ref, fast = ACCUMULATE[kind]
     for _ in range(2):
-        reference.accumulate_abs_grad_(bufs_a, ws)
-        fused.accumulate_abs_grad_(bufs_b, ws)
+        ref(bufs_a, ws)
+        fast(bufs_b, ws)
     assert all(torch.equal(x, y) for x, y in zip(bufs_a, bufs_b))
 
 
-def test_accumulation_large_enough_for_threads_and_segments():
+@pytest.mark.parametrize("kind", ACCUMULATE)
+def test_accumulation_large_enough_for_threads_and_segments(kind):
     gen = torch.Generator().manual_seed(0)
     gs = [torch.randn(300_001, generator=gen), torch.randn(70_000, generator=gen)]
     a = [torch.zeros_like(g) for g in gs]
     b = [torch.zeros_like(g) for g in gs]
-    reference.accumulate_abs_grad_(a, gs)
-    kernels.accumulate_abs_grad_(b, gs)
+    ACCUMULATE[kind][0](a, gs)
+    getattr(kernels, f"accumulate_{kind}_grad_")(b, gs)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_squares_accumulate_in_float32_at_least(backend):
+    """fp16 squares overflow past 256: the reference squares in float32 (float64 stays float64)."""
+    bufs = [torch.zeros(3), torch.zeros(2, dtype=torch.float64), torch.ones(2)]
+    grads = [torch.tensor([300.0, -2.0, 0.0], dtype=torch.float16), torch.tensor([2.0**-100, 3.0], dtype=torch.float64),
+             torch.tensor([-0.5, 4.0])]
+    kernels.accumulate_sq_grad_(bufs, grads, backend=backend)
+    assert bufs[0].tolist() == [90000.0, 4.0, 0.0]
+    assert bufs[1].tolist() == [2.0**-200, 9.0]  # 0 in float32
+    assert bufs[2].tolist() == [1.25, 17.0]
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -397,9 +482,12 @@ def test_fused_falls_back_to_the_reference_without_a_compiler(monkeypatch):
     ws = [torch.tensor([3.0, 1.0, 2.0])]
     gs = [torch.ones(3)]
     assert fused.select_threshold(ws, gs, 2) == Threshold(2.0, 1, 2)
+    assert fused.select_threshold(gs, ws, 2, "grad") == Threshold(2.0, 1, 2)
     a = [torch.tensor([-1.0, 2.0])]
     assert fused.project_(a, [torch.tensor([1.0, 0.0])], 0.5, 0.0).tolist() == [1.0]
     assert a[0].tolist() == [0.0, 2.0]
+    fused.accumulate_sq_grad_(a, [torch.tensor([3.0, -1.0])])
+    assert a[0].tolist() == [9.0, 3.0]
 
 
 def test_native_library_builds_here():
@@ -447,34 +535,40 @@ def test_portable_build_of_the_c_loops_matches_the_native_one(tmp_path):
     n = 64 * 40 + 13
     w = torch.round(torch.randn(n, generator=gen) * 4) / 4
     g = torch.round(torch.rand(n, generator=gen) * 4) / 4
-    s = (w * g).abs()
-    lo, hi = float(s.kthvalue(n - 300).values), float(s.kthvalue(n - 40).values)
-    tau = float(s.kthvalue(n - 100).values)
-    results = []
+    dots = []
     for lib in (built, portable):
-        counts = (ctypes.c_int64 * 4)()
-        cand = torch.zeros(n)
-        fill = lib.sh_count_collect(w.data_ptr(), g.data_ptr(), n, lo, hi, ctypes.addressof(counts), cand.data_ptr(), n, 0)
-        sel = (ctypes.c_int64 * 2)()
-        lib.sh_count_sel(w.data_ptr(), g.data_ptr(), n, tau, ctypes.addressof(sel))
-        ties = max(0, 100 - sel[0]) // 2
-        fresh = torch.arange(1, n + 1, dtype=torch.float32) * 100
-        wc = w.clone()
-        wrote = lib.sh_write_sel(wc.data_ptr(), g.data_ptr(), n, tau, ties, fresh.data_ptr())
-        dots = (ctypes.c_double * 2)()
-        lib.sh_dots(w.data_ptr(), g.data_ptr(), n, ctypes.addressof(dots))
-        buf = torch.ones(n)
-        lib.sh_acc_abs(buf.data_ptr(), w.data_ptr(), n)
-        results.append((list(counts), sorted(cand[:fill].tolist()), list(sel), wrote, wc, list(dots), buf))
-    (a, b) = results
-    assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2] and a[3] == b[3]
-    assert torch.equal(a[4], b[4]) and torch.equal(a[6], b[6])
-    assert a[5] == pytest.approx(b[5], rel=1e-6)
-    # and both agree with plain torch
-    assert a[0][0] == int((s > hi).sum()) and a[0][3] == int(((s > lo) & (s < hi)).sum())
-    assert a[2] == [int((s > tau).sum()), int((s == tau).sum())]
-    assert a[3] == a[2][0] + ties
-    assert a[5][0] == pytest.approx(float((w.double() * g.double()).sum()), rel=1e-5)
+        out = (ctypes.c_double * 2)()
+        lib.sh_dots(w.data_ptr(), g.data_ptr(), n, ctypes.addressof(out))
+        dots.append(list(out))
+        bufs = [torch.ones(n), torch.ones(n)]
+        lib.sh_acc_abs(bufs[0].data_ptr(), w.data_ptr(), n)
+        lib.sh_acc_sq(bufs[1].data_ptr(), w.data_ptr(), n)
+        assert torch.equal(bufs[0], 1 + w.abs()) and torch.equal(bufs[1], 1 + w.square())
+    assert dots[0] == pytest.approx(dots[1], rel=1e-6)
+    assert dots[0][0] == pytest.approx(float((w.double() * g.double()).sum()), rel=1e-5)
+    for grad, s in ((0, (w * g).abs()), (1, g.abs())):
+        lo, hi = float(s.kthvalue(n - 300).values), float(s.kthvalue(n - 40).values)
+        tau = float(s.kthvalue(n - 100).values)
+        results = []
+        for lib in (built, portable):
+            wp = 0 if grad else w.data_ptr()  # the grad score never reads w
+            counts = (ctypes.c_int64 * 4)()
+            cand = torch.zeros(n)
+            fill = lib.sh_count_collect(wp, g.data_ptr(), n, grad, lo, hi, ctypes.addressof(counts), cand.data_ptr(), n, 0)
+            sel = (ctypes.c_int64 * 2)()
+            lib.sh_count_sel(wp, g.data_ptr(), n, grad, tau, ctypes.addressof(sel))
+            ties = max(0, 100 - sel[0]) // 2
+            fresh = torch.arange(1, n + 1, dtype=torch.float32) * 100
+            wc = w.clone()
+            wrote = lib.sh_write_sel(wc.data_ptr(), g.data_ptr(), n, grad, tau, ties, fresh.data_ptr())
+            results.append((list(counts), sorted(cand[:fill].tolist()), list(sel), wrote, wc))
+        (a, b) = results
+        assert a[:4] == b[:4] and torch.equal(a[4], b[4])
+        # and both agree with plain torch
+        assert a[0][0] == int((s > hi).sum()) and a[0][3] == int(((s > lo) & (s < hi)).sum())
+        assert a[1] == sorted(s[(s > lo) & (s < hi)].tolist())
+        assert a[2] == [int((s > tau).sum()), int((s == tau).sum())]
+        assert a[3] == a[2][0] + ties
 
 
 def test_thread_pool_survives_fork():

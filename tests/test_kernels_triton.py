@@ -39,7 +39,7 @@ def _case(gen, device, n_tensors, max_numel, dtype, g_dtype, ties):
         w = torch.randn(shape, generator=gen)
         g = torch.rand(shape, generator=gen) * 3
         if ties == "some":
-            w = torch.round(w * 4) / 4
+            w, g = torch.round(w * 4) / 4, torch.round(g * 4) / 4
         elif ties == "heavy":
             w, g = torch.round(w), torch.round(g)
         ws.append(w.to(device=device, dtype=dtype))
@@ -48,7 +48,7 @@ def _case(gen, device, n_tensors, max_numel, dtype, g_dtype, ties):
 
 
 def run_checks(device: str, cases: int, max_numel: int, seed: int = 0, all_pairs: bool = True) -> dict:
-    """Every triton entry point against the reference on random lists; returns a summary.
+    """Every triton entry point, both scores, against the reference on random lists; returns a summary.
 
     ``all_pairs``: weight/gradient dtype pairs of all kinds (else three, to bound GPU compile time).
     """
@@ -72,43 +72,45 @@ def run_checks(device: str, cases: int, max_numel: int, seed: int = 0, all_pairs
         total = sum(w.numel() for w in ws)
         # selection: edges, a random k, and forced fallback paths of the search
         ks = sorted({0, 1, total - 1, total, int(torch.randint(0, total + 1, (1,), generator=gen))})
-        for k in ks:
-            if k < 0:
-                continue
-            want = R.select_threshold(ws, gs, k)
-            # misleading samples; tiny candidate buffers (bisection) in one case of three
-            knobs = [{}, {"sample_size": 5, "cand_cap": 400}, {"sample_size": 40, "cand_cap": 24}][c % 3]
-            got = TB.select_threshold(ws, gs, k, **knobs)
-            assert _same(got, want), (c, k, got, want)
-            out["select"] += 1
+        for score in R.SCORES:
+            for k in ks:
+                if k < 0:
+                    continue
+                want = R.select_threshold(ws, gs, k, score)
+                # misleading samples; tiny candidate buffers (bisection) in one case of three
+                knobs = [{}, {"sample_size": 5, "cand_cap": 400}, {"sample_size": 40, "cand_cap": 24}][c % 3]
+                got = TB.select_threshold(ws, gs, k, score, **knobs)
+                assert _same(got, want), (c, score, k, got, want)
+                out["select"] += 1
         # trimming: masks and untouched entries exact; constant inits exact; ranges for uniform
         k = ks[len(ks) // 2]
-        th = TB.select_threshold(ws, gs, k)
         inits = [[InitSpec(-0.5, 0.25), None, InitSpec(2.0, 2.0)][(i + c) % 3] for i in range(len(ws))]
-        for cached in (True, False):
-            a = [w.clone() for w in ws]
-            b = [w.clone() for w in ws]
-            ga = torch.Generator(device=device).manual_seed(c)
-            gb = torch.Generator(device=device).manual_seed(c)
-            na = R.masked_reinit_(a, gs, th, inits, ga)
-            if cached:  # the backend remembers how many scores tie at tau for these very inputs
-                assert _same(TB.select_threshold(b, gs, k), th)
-            else:
-                TB._tied.clear()  # unknown: the ranked-ties path
-            nb = TB.masked_reinit_(b, gs, th, inits, gb)
-            assert na == nb, (c, na, nb)
-            assert torch.equal(ga.get_state(), gb.get_state())
-            masks = R.selection_masks(ws, gs, th)
-            for w0, x, y, m, init in zip(ws, a, b, masks, inits):
-                assert torch.equal(y[~m], w0[~m])
-                if init is None:
-                    assert torch.equal(y, w0)
-                elif init.low == init.high:
-                    assert torch.equal(x, y)
+        for score in R.SCORES:
+            th = TB.select_threshold(ws, gs, k, score)
+            for cached in (True, False):
+                a = [w.clone() for w in ws]
+                b = [w.clone() for w in ws]
+                ga = torch.Generator(device=device).manual_seed(c)
+                gb = torch.Generator(device=device).manual_seed(c)
+                na = R.masked_reinit_(a, gs, th, inits, ga, score)
+                if cached:  # the backend remembers how many scores tie at tau for these very inputs
+                    assert _same(TB.select_threshold(b, gs, k, score), th)
                 else:
-                    v = y[m].float()
-                    assert ((v >= init.low) & (v <= init.high)).all()
-            out["reinit"] += 1
+                    TB._tied.clear()  # unknown: the ranked-ties path
+                nb = TB.masked_reinit_(b, gs, th, inits, gb, score)
+                assert na == nb, (c, score, na, nb)
+                assert torch.equal(ga.get_state(), gb.get_state())
+                masks = R.selection_masks(ws, gs, th, score)
+                for w0, x, y, m, init in zip(ws, a, b, masks, inits):
+                    assert torch.equal(y[~m], w0[~m])
+                    if init is None:
+                        assert torch.equal(y, w0)
+                    elif init.low == init.high:
+                        assert torch.equal(x, y)
+                    else:
+                        v = y[m].float()
+                        assert ((v >= init.low) & (v <= init.high)).all()
+                out["reinit"] += 1
         # projection, both scopes, with and without conflict
         r = [torch.randn(w.shape, generator=gen).to(device=device, dtype=dtype) for w in ws]
         sign = -1.0 if c % 4 else 0.5
@@ -123,13 +125,14 @@ def run_checks(device: str, cases: int, max_numel: int, seed: int = 0, all_pairs
             for x, y in zip(a, b):
                 torch.testing.assert_close(y, x, **tol)
             out["project"] += 1
-        # accumulation: exact
-        bufs_a = [torch.rand(w.shape, generator=gen).to(device) for w in ws]
-        bufs_b = [x.clone() for x in bufs_a]
-        R.accumulate_abs_grad_(bufs_a, gs)
-        TB.accumulate_abs_grad_(bufs_b, gs)
-        assert all(torch.equal(x, y) for x, y in zip(bufs_a, bufs_b))
-        out["accumulate"] += 1
+        # accumulation, |g| and g ** 2: exact
+        for kind in ("abs", "sq"):
+            bufs_a = [torch.rand(w.shape, generator=gen).to(device) for w in ws]
+            bufs_b = [x.clone() for x in bufs_a]
+            getattr(R, f"accumulate_{kind}_grad_")(bufs_a, gs)
+            getattr(TB, f"accumulate_{kind}_grad_")(bufs_b, gs)
+            assert all(torch.equal(x, y) for x, y in zip(bufs_a, bufs_b)), (c, kind)
+            out["accumulate"] += 1
     out["seconds"] = round(time.time() - t0, 2)
     return out
 
@@ -147,7 +150,8 @@ def test_triton_kernels_match_the_reference_in_the_interpreter():
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])
-    assert summary["select"] >= 9 * 4 and summary["reinit"] == 18 and summary["project"] == 18
+    assert summary["select"] >= 2 * 9 * 4 and summary["reinit"] == 36 and summary["project"] == 18
+    assert summary["accumulate"] == 18
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -161,10 +165,21 @@ def test_dispatch_picks_triton_for_interpreted_cpu_tensors_only_when_forced():
         "assert kernels.resolve_backend(w) == 'fused'\n"
         "assert kernels.resolve_backend(w, 'triton') == 'triton'\n"
         "print(kernels.select_threshold(w, w, 2, backend='triton'))\n"
+        "print(kernels.select_threshold(w, w, 2, backend='triton', score='grad'))\n"
+        "b = [torch.zeros(3)]\n"
+        "kernels.accumulate_sq_grad_(b, w, backend='triton')\n"
+        "print(b[0].tolist())\n"
+        "try:\n"
+        "    kernels.select_threshold(w, w, 2, backend='triton', score='fisher')\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-4000:]
     assert "tau=4.0, take_ties=1, n_selected=2" in res.stdout
+    assert "tau=2.0, take_ties=1, n_selected=2" in res.stdout
+    assert "[1.0, 9.0, 4.0]" in res.stdout
+    assert "score='fisher' is unknown; allowed: snip, grad" in res.stdout
 
 
 cuda = pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs CUDA and triton")
@@ -193,6 +208,7 @@ def test_gpu_dispatch_and_one_pass_on_a_resnet_sized_list():
     for ratio in (0.001, 0.03, 0.1, 0.5):
         n = int(ratio * total)
         assert kernels.select_threshold(ws, gs, n) == R.select_threshold(ws, gs, n)
+        assert kernels.select_threshold(ws, gs, n, score="grad") == R.select_threshold(ws, gs, n, score="grad")
         for dtype in (torch.bfloat16, torch.float16):
             wd = [w.to(dtype) for w in ws]
             assert kernels.select_threshold(wd, gs, n) == R.select_threshold(wd, gs, n)

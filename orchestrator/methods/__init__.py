@@ -21,6 +21,12 @@ from orchestrator.registry import Registry
 BUILTIN: dict[str, str] = {
     "scissorhands": "orchestrator.methods.scissorhands:METHOD",
     "scissorhands_diffusion": "orchestrator.methods.scissorhands_diffusion:METHOD",
+    "finetune": "orchestrator.methods.finetune:METHOD",
+    "grad_ascent": "orchestrator.methods.grad_ascent:METHOD",
+    "random_label": "orchestrator.methods.random_label:METHOD",
+    "l1_sparse": "orchestrator.methods.l1_sparse:METHOD",
+    "salun": "orchestrator.methods.salun:METHOD",
+    "ssd": "orchestrator.methods.ssd:METHOD",
 }
 
 

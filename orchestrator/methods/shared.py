@@ -1,18 +1,22 @@
 """What more than one method uses: parameter selection, re-initialisation specs, the gradient
-projection of Scissorhands, and the one repair loop every fine-tuning method runs."""
+projection of Scissorhands, the one repair loop every fine-tuning method runs, and the SGD
+knobs and fine-tuning step of the baselines."""
 from __future__ import annotations
 
 import copy
 import math
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import kernels
-from orchestrator.training import check_finite
+from orchestrator.errors import need, need_positive_ints
+from orchestrator.training import augment, batches, check_finite
 
 
 def matching(model: nn.Module, patterns: tuple[str, ...]) -> list[tuple[str, nn.Parameter]]:
@@ -117,3 +121,58 @@ def repair_loop(
             on_epoch(dict(record))
     model.eval()
     return history
+
+
+@dataclass(frozen=True)
+class SGDKnobs:
+    """The knobs of every SGD fine-tuning baseline; each method overrides the defaults with its
+    published ones (each method file cites them)."""
+
+    epochs: int = 10
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+
+    def validate(self) -> None:
+        need(self.epochs >= 0, f"--epochs {self.epochs}: must be >= 0")
+        need(self.lr > 0 and math.isfinite(self.lr), f"--lr {self.lr}: must be a positive number")
+        need(0 <= self.momentum < 1, f"--momentum {self.momentum}: must be in [0, 1)")
+        need(self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0")
+        need_positive_ints(self, ("batch_size",))
+
+
+def sgd(model: nn.Module, cfg: SGDKnobs) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, natural: bool,
+                  generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """Loss on an augmented batch (the reference codes train with their training transforms),
+    and the batch accuracy in percent."""
+    logits = model(augment(x, natural, generator))
+    return F.cross_entropy(logits, y), 100.0 * float((logits.argmax(1) == y).float().mean())
+
+
+def fine_tune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SGDKnobs, generator: torch.Generator, *,
+              natural: bool, on: str = "retain", sign: float = 1.0, penalty: Callable[[int], torch.Tensor | float] | None = None,
+              before_step: Callable[[int, Any], dict[str, float]] | None = None,
+              on_epoch: Callable[[dict], None] | None = None, where: str) -> list[dict]:
+    """SGD over shuffled batches of (x, y) on ``sign`` * cross-entropy (+ ``penalty(epoch)``):
+    what FT, GA, RL, l1-sparse and SalUn share. ``on`` names the set in the epoch statistics."""
+    state = {"epoch": 0}
+
+    def steps(epoch: int):
+        state["epoch"] = epoch
+        return batches(x, y, cfg.batch_size, generator)
+
+    def loss(batch):
+        value, acc = cross_entropy(model, batch[0], batch[1], natural, generator)
+        stats = {f"loss_{on}": value.item(), f"train_acc_{on}": acc}
+        total = sign * value
+        if penalty is not None:
+            total = total + penalty(state["epoch"])
+        return total, stats
+
+    return repair_loop(model, sgd(model, cfg), epochs=cfg.epochs, steps=steps, loss=loss, before_step=before_step,
+                       on_epoch=on_epoch, where=where, hint=f"lower --lr (now {cfg.lr})")

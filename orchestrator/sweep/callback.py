@@ -32,7 +32,7 @@ class ResultsCallback(Callback):
     def _record(self, trial, result: dict, error: str | None) -> None:
         task = self.spec.task_contract
         metric_keys = {*task.metrics, *task.baseline_metrics}
-        row = {"trial_id": trial.trial_id, "config": dict(trial.config)}
+        row = {"trial_id": trial.trial_id, "method": self.spec.method_contract.name, "config": dict(trial.config)}
         # A failed or pruned trial reports PENALTY to the searcher only: its table row has no metrics.
         measured = result.get("status") == "ok"
         for key, value in result.items():
@@ -61,18 +61,25 @@ def _error_text(trial) -> str:
 
 
 def refresh_pareto(spec: SweepSpec, table: ResultsTable) -> np.ndarray:
-    """Pareto flags on the seed means, and ``tied``: a trial off the frontier whose 95% intervals
-    overlap a frontier member's in every objective is not distinguishable from it."""
+    """Pareto flags on the seed means, each method against its own trials (a comparison has a
+    frontier per method), and ``tied``: a trial off its frontier whose 95% intervals overlap a
+    frontier member's in every objective is not distinguishable from it."""
     df = table.read()
     if df.empty:
         return np.zeros(0, dtype=bool)
     ok = (df["status"] == "ok").to_numpy() if "status" in df else np.zeros(len(df), bool)
     values, half = (_columns(df, [f"{o.metric}{suffix}" for o in spec.objectives]) for suffix in ("", "_ci95"))
     values[~ok] = np.nan
-    mask = pareto_mask(values, [o.direction for o in spec.objectives])
     half = np.nan_to_num(half, nan=0.0)
-    overlap = np.abs(values[:, None, :] - values[None, mask, :]) <= half[:, None, :] + half[None, mask, :]
-    tied = ok & ~mask & overlap.all(axis=2).any(axis=1)
+    methods = df["method"].fillna("").to_numpy() if "method" in df else np.full(len(df), "")
+    mask, tied = np.zeros(len(df), dtype=bool), np.zeros(len(df), dtype=bool)
+    for method in np.unique(methods):
+        rows = methods == method
+        front = pareto_mask(values[rows], [o.direction for o in spec.objectives])
+        v, h = values[rows], half[rows]
+        overlap = np.abs(v[:, None, :] - v[None, front, :]) <= h[:, None, :] + h[None, front, :]
+        mask[rows] = front
+        tied[rows] = ok[rows] & ~front & overlap.all(axis=2).any(axis=1)
     table.set_column("pareto", dict(zip(df["trial_id"], map(bool, mask))))
     table.set_column("tied", dict(zip(df["trial_id"], map(bool, tied))))
     return mask

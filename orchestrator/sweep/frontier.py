@@ -406,3 +406,70 @@ def plot_frontier(
     html = Path(path_html) if path_html is not None else png.with_suffix(".html")
     return [atomic_write(png, lambda tmp: png_fig.savefig(tmp, format="png", dpi=120)),
             atomic_write(html, lambda tmp: html_fig.write_html(tmp, include_plotlyjs=True))]
+
+
+def plot_methods(
+    df: pd.DataFrame,
+    objectives: Sequence[ObjectiveLike],
+    path_png: str | os.PathLike[str],
+    markers: Mapping[str, Mapping[str, float]] | None = None,
+) -> list[Path]:
+    """A comparison's trials coloured by their ``method`` column, each method's own frontier as
+    a staircase in its colour, the reference models as hollow markers; PNG + HTML (same name).
+    Each panel is framed on the fronts and the markers, as in :func:`plot_frontier`."""
+    import plotly.graph_objects as go
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+    from matplotlib.figure import Figure
+    from plotly.subplots import make_subplots
+
+    objs = [_as_objective(o) for o in objectives]
+    metrics = [o.metric for o in objs]
+    df = valid_trials(df, metrics)
+    methods = sorted(df["method"].unique())
+    colors = {m: to_hex(colormaps["tab10"](i % 10)) for i, m in enumerate(methods)}
+    pairs = [(i, j) for i in range(len(objs)) for j in range(i + 1, len(objs))]
+    png = Figure(figsize=(5.5 * len(pairs), 4.5), layout="constrained")
+    axes = png.subplots(1, len(pairs), squeeze=False).ravel()
+    html = make_subplots(rows=1, cols=len(pairs))
+    for k, (i, j) in enumerate(pairs):
+        ox, oy, anchors = objs[i], objs[j], []
+        for method in methods:
+            pts = df.loc[df["method"] == method, [ox.metric, oy.metric]].to_numpy(dtype=float)
+            front = pts[pareto_mask(pts, [ox.direction, oy.direction])]
+            sx, sy = (1.0 if o.direction == "min" else -1.0 for o in (ox, oy))
+            front = front[np.lexsort((sy * front[:, 1], sx * front[:, 0]))]
+            anchors.append(front)
+            axes[k].scatter(pts[:, 0], pts[:, 1], s=12, c=colors[method], alpha=0.5)
+            axes[k].step(front[:, 0], front[:, 1], where="post", c=colors[method], lw=1.5, marker="o", ms=4,
+                         label=method)
+            html.add_trace(go.Scatter(x=pts[:, 0], y=pts[:, 1], mode="markers", name=method, legendgroup=method,
+                                      showlegend=k == 0, marker={"color": colors[method], "size": 6}),
+                           row=1, col=k + 1)
+            html.add_trace(go.Scatter(x=front[:, 0], y=front[:, 1], mode="lines", legendgroup=method,
+                                      showlegend=False, line={"shape": "hv", "color": colors[method]}),
+                           row=1, col=k + 1)
+        for (name, met), (marker, symbol, color) in zip((markers or {}).items(), _REF_STYLES):
+            if ox.metric in met and oy.metric in met:
+                xy = [met[ox.metric], met[oy.metric]]
+                anchors.append(np.array([xy]))
+                axes[k].plot(*xy, marker=marker, ms=12, mfc="none", mec=color, mew=1.8, ls="", label=name)
+                html.add_trace(go.Scatter(x=[xy[0]], y=[xy[1]], mode="markers", name=name, showlegend=k == 0,
+                                          marker={"symbol": f"{symbol}-open", "size": 14, "color": color}),
+                               row=1, col=k + 1)
+        window = view_window(np.vstack(anchors)) if anchors else None
+        if window is not None:
+            axes[k].set_xlim(*window[0])
+            axes[k].set_ylim(*window[1])
+        axes[k].set_xlabel(_label(ox))
+        axes[k].set_ylabel(_label(oy))
+        axes[k].grid(alpha=0.3)
+        html.update_xaxes(title_text=_label(ox), row=1, col=k + 1)
+        html.update_yaxes(title_text=_label(oy), row=1, col=k + 1)
+    handles = {lab: h for ax in axes for h, lab in zip(*ax.get_legend_handles_labels())}
+    png.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=4, fontsize=7)
+    png.suptitle(f"{len(df)} trials of {len(methods)} methods, each with its own frontier")
+    html.update_layout(title=f"{len(df)} trials of {len(methods)} methods", height=480, width=560 * len(pairs))
+    png_path = Path(path_png)
+    return [atomic_write(png_path, lambda tmp: png.savefig(tmp, format="png", dpi=120)),
+            atomic_write(png_path.with_suffix(".html"), lambda tmp: html.write_html(tmp, include_plotlyjs=True))]

@@ -120,15 +120,22 @@ def side_by_side(row, validation: dict | None) -> str:
 
 def pick(storage: Path, name: str, rule: str, where: list[str], *, alias: str = "champion",
          model_name: str | None = None, tracking_uri: str | None = None, frontier_only: bool = False,
-         validate_seeds: int = 5, progress: bool = True) -> tuple[dict, str]:
+         validate_seeds: int = 5, progress: bool = True, method: str | None = None) -> tuple[dict, str]:
     """Returns the pick (the ``--json`` contract) and a search-vs-validation table."""
     from mlflow.tracking import MlflowClient
 
     if validate_seeds < 0:
         raise UserError(f"--validate-seeds {validate_seeds}: must be >= 0 (0 skips validation)")
     df, spec_dict = load_results(storage, name)
+    if method is not None:  # one method of a comparison
+        methods = sorted(df["method"].dropna().unique()) if "method" in df else []
+        if method not in methods:
+            raise UserError(f"--method {method!r}: no trials of it in sweep {name!r}; methods there: "
+                            f"{', '.join(methods) or 'none'}")
+        df = df[df["method"] == method]
     best, col = choose(df, rule, where, frontier_only)
-    spec = SweepSpec.model_validate(spec_dict)
+    specs = {s.method_contract.name: s for s in SweepSpec.model_validate(spec_dict).per_method()}
+    spec = specs[best["method"]] if "method" in best.index and best["method"] in specs else next(iter(specs.values()))
     searched = searched_config(spec, best)
     validation = None
     if validate_seeds:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from orchestrator.errors import UserError
 from orchestrator.methods import get_method, list_methods, tuples
@@ -81,6 +81,15 @@ class EarlyStopping(BaseModel):
     after_epoch: int = Field(0, ge=0)
 
 
+class MethodSpace(BaseModel):
+    """One method's part of a comparison sweep (``methods:``)."""
+
+    model_config = Strict
+    preset: str = "auto"
+    fixed: dict[str, Any] = {}
+    search: dict[str, Distribution]
+
+
 class SweepSpec(BaseModel):
     model_config = Strict
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -96,7 +105,9 @@ class SweepSpec(BaseModel):
     recipe: dict[str, Any] = {}  # the reference recipe (classifier training, or the generator for diffusion)
     classifier: dict[str, Any] = {}  # diffusion: the evaluation classifier's recipe
     fixed: dict[str, Any] = {}
-    search: dict[str, Distribution]
+    search: dict[str, Distribution] = {}
+    # A comparison: each method its own space, the same trial budget (``trials`` each) and seeds.
+    methods: dict[str, MethodSpace] | None = None
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     trials: int = Field(ge=1)
     seeds: list[int] = Field([0, 1, 2], min_length=1)  # a result is a mean over seeds
@@ -106,15 +117,17 @@ class SweepSpec(BaseModel):
     sampler_seed: int = 0
     kernels: Literal["reference", "fused", "triton"] | None = None
 
-    @field_validator("search")
-    @classmethod
-    def _search_not_empty(cls, v: dict) -> dict:
-        if not v:
-            raise ValueError("needs at least one searched knob")
-        return v
-
     @model_validator(mode="after")
     def _consistent(self) -> "SweepSpec":
+        if self.methods is not None:
+            if self.method or self.search or self.fixed or self.preset != "auto":
+                raise ValueError("'methods' replaces method, preset, fixed and search; give those per method")
+            if not self.methods:
+                raise ValueError("'methods' needs at least one method")
+            self.per_method()  # validates each method's space
+            return self
+        if not self.search:
+            raise ValueError("search: needs at least one searched knob")
         if self.task not in list_tasks():
             raise ValueError(f"unknown task {self.task!r}; allowed: {', '.join(list_tasks())}")
         task = get_task(self.task)
@@ -144,6 +157,19 @@ class SweepSpec(BaseModel):
         if both:
             raise ValueError(f"knob(s) {both} are both fixed and searched")
         return self
+
+    def per_method(self) -> list["SweepSpec"]:
+        """One single-method spec per method of a comparison (the spec itself otherwise)."""
+        if self.methods is None:
+            return [self]
+        base, out = self.model_dump(), []
+        for name, space in self.methods.items():
+            try:
+                out.append(type(self).model_validate({**base, "method": name, "methods": None, **space.model_dump()}))
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise ValueError(f"methods.{name}: {err['msg'].removeprefix('Value error, ')}") from None
+        return out
 
     @property
     def task_contract(self):
@@ -213,8 +239,8 @@ def load_spec(path: str | Path) -> SweepSpec:
             msg = "unknown key"
         raise UserError(f"search space {path}: {loc}: {msg}") from None
     try:  # semantic checks that need the project's registries (model, forget spec, knob values)
-        cfg = spec.run_config(spec.default_point() or {}, spec.seeds[0])
-        cfg.validate()
+        for sub in spec.per_method():
+            sub.run_config(sub.default_point() or {}, sub.seeds[0]).validate()
     except (UserError, TypeError) as exc:
         raise UserError(f"search space {path}: {exc}") from None
     return spec

@@ -11,7 +11,7 @@ import numpy as np
 from orchestrator.stats import summarize
 from orchestrator.storage import atomic_write_json
 from orchestrator.sweep.callback import refresh_pareto
-from orchestrator.sweep.frontier import hypervolume, plot_frontier
+from orchestrator.sweep.frontier import hypervolume, pareto_mask, plot_frontier, plot_methods
 from orchestrator.sweep.paths import SweepPaths
 from orchestrator.sweep.results import ResultsTable
 from orchestrator.sweep.spec import SweepSpec
@@ -60,7 +60,8 @@ def reference_point(spec: SweepSpec, markers: dict[str, dict[str, float]], obser
 
 def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking_uri: str, parent_run_id: str,
              timing: dict[str, float]) -> dict:
-    """Frontier flags, hypervolume, plot; logged to the parent run and tagged on children."""
+    """Frontier flags, hypervolume, plots (and per method, for a comparison); logged to the
+    parent run, with the frontier flag tagged on every child."""
     from mlflow.tracking import MlflowClient
 
     table = ResultsTable(paths.results)
@@ -69,23 +70,27 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
     client = MlflowClient(tracking_uri)
     summary = {"trials": int(len(df)), "completed": int((df.get("status") == "ok").sum()) if len(df) else 0,
                "frontier": int(mask.sum()), "timing": timing}
-    if len(df) and mask.any():
-        cols = [o.metric for o in spec.objectives]
-        front = df.loc[mask, cols].to_numpy(dtype=float)
-        ok_mask = (df["status"] == "ok").to_numpy()
+    ok = (df["status"] == "ok").to_numpy() if len(df) else np.zeros(0, dtype=bool)
+    if ok.any():
+        cols, directions = [o.metric for o in spec.objectives], [o.direction for o in spec.objectives]
+        values = df.loc[ok, cols].to_numpy(dtype=float)
         points = markers(spec, refs)
-        ref_point = reference_point(spec, points, df.loc[ok_mask, cols].to_numpy(dtype=float))
-        summary["hypervolume"] = hypervolume(front, [o.direction for o in spec.objectives], ref_point)
+        ref_point = reference_point(spec, points, values)
+        summary["hypervolume"] = hypervolume(values[pareto_mask(values, directions)], directions, ref_point)
         summary["hypervolume_reference_point"] = ref_point
-        ok = df[ok_mask]
         plotted = plot_frontier(df, [(o.metric, o.direction) for o in spec.objectives], paths.plot,
                                 markers=points or None)
+        if spec.methods:
+            summary["methods"] = {m: method_summary(df[ok & (df["method"] == m).to_numpy()], spec, ref_point)
+                                  for m in spec.methods}
+            plotted += plot_methods(df[ok], [(o.metric, o.direction) for o in spec.objectives],
+                                    paths.root / "frontier_methods.png", markers=points or None)
         summary["plots"] = [str(p) for p in plotted]
         for p in plotted:
             client.log_artifact(parent_run_id, str(p))
         client.log_metric(parent_run_id, "hypervolume", summary["hypervolume"])
-        if "avg_gap" in ok:
-            client.log_metric(parent_run_id, "best_avg_gap", float(ok["avg_gap"].min()))
+        if "avg_gap" in df:
+            client.log_metric(parent_run_id, "best_avg_gap", float(df.loc[ok, "avg_gap"].min()))
     for row, on_front in zip(df.itertuples(), mask):
         run_id = getattr(row, "mlflow_run_id", None)
         if isinstance(run_id, str) and run_id:
@@ -94,6 +99,23 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
     atomic_write_json(paths.root / "summary.json", summary)
     client.set_terminated(parent_run_id, "FINISHED")
     return summary
+
+
+def method_summary(df, spec: SweepSpec, ref_point: list[float]) -> dict:
+    """One method of a comparison: its frontier, its hypervolume against the common reference
+    point, and its best trial by Avg. Gap (seed mean, 95% half-width, RTE) where reported."""
+    out: dict = {"completed": int(len(df))}
+    if df.empty:
+        return out
+    cols, directions = [o.metric for o in spec.objectives], [o.direction for o in spec.objectives]
+    front = pareto_mask(df[cols].to_numpy(dtype=float), directions)
+    out["frontier"] = int(front.sum())
+    out["hypervolume"] = hypervolume(df[cols].to_numpy(dtype=float)[front], directions, ref_point)
+    if "avg_gap" in df:
+        best = df.loc[df["avg_gap"].idxmin()]
+        out["best"] = {"trial_id": str(best["trial_id"]), "avg_gap": float(best["avg_gap"]),
+                       "avg_gap_ci95": float(best.get("avg_gap_ci95", math.nan)), "RTE_s": float(best["RTE_s"])}
+    return out
 
 
 def code_version() -> str:

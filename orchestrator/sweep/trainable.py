@@ -50,6 +50,7 @@ def run_trial(searched: dict, ctx: TrialContext) -> dict:
     for key, value in searched.items():
         client.log_param(run_id, key, value)
     client.log_param(run_id, "seeds", ",".join(map(str, spec.seeds)))
+    client.log_param(run_id, "method", spec.method_contract.name)
     try:
         runs = []
         for seed in spec.seeds:

@@ -45,17 +45,18 @@ def run_sweep(spec: SweepSpec, *, storage: Path, trials: int | None = None, name
     if not resume:
         _log_parent(client, parent_run_id, spec, spec_text, refs)
 
-    ctx = TrialContext(spec.model_dump(), spec.name, str(paths.references), tracking_uri, experiment_id,
-                       parent_run_id)
-    tuner = _tuner(spec, paths, ctx, address, resume, progress)
     t0 = time.perf_counter()
-    tuner.fit()
+    for sub in spec.per_method():  # a comparison: one experiment per method, same budget and seeds
+        ctx = TrialContext(sub.model_dump(), spec.name, str(paths.references), tracking_uri, experiment_id,
+                           parent_run_id)
+        tune_dir = paths.tune_dir(sub.method if spec.methods else None)
+        _tuner(sub, paths, tune_dir, ctx, address, resume and tune_dir.exists(), progress).fit()
     timing = {"references_s": references_s, "trials_s": time.perf_counter() - t0}
     return finalize(spec, paths, refs, tracking_uri, parent_run_id, timing)
 
 
 def _check_new_or_resumable(spec: SweepSpec, paths: SweepPaths, resume: bool) -> None:
-    started = paths.tune.exists()
+    started = paths.started()
     if started and not resume:
         raise UserError(f"sweep {spec.name!r} already exists in {paths.root}; use --resume or another --name")
     if resume and not started:
@@ -65,7 +66,8 @@ def _check_new_or_resumable(spec: SweepSpec, paths: SweepPaths, resume: bool) ->
 def _log_parent(client, run_id: str, spec: SweepSpec, spec_text: str | None, refs: dict[int, dict]) -> None:
     from mlflow.entities import Param
 
-    params = {"space": json.dumps(spec.model_dump()["search"])[:6000],
+    space = spec.model_dump(include={"methods"}) if spec.methods else spec.model_dump()["search"]
+    params = {"space": json.dumps(space)[:6000],
               "objectives": json.dumps([o.model_dump() for o in spec.objectives]),
               "trials": spec.trials, "seeds": ",".join(map(str, spec.seeds)), "code_version": code_version()}
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -78,9 +80,9 @@ def _log_parent(client, run_id: str, spec: SweepSpec, spec_text: str | None, ref
                 client.log_metric(run_id, f"{role}.{k}", v, step=seed)
 
 
-def _tuner(spec: SweepSpec, paths: SweepPaths, ctx: TrialContext, address: str | None, resume: bool,
-           progress: bool):
-    """A new Tuner, or the interrupted one restored from ``paths.tune``."""
+def _tuner(spec: SweepSpec, paths: SweepPaths, tune_dir: Path, ctx: TrialContext, address: str | None,
+           resume: bool, progress: bool):
+    """A new Tuner, or the interrupted one restored from ``tune_dir``."""
     import ray
     from optuna.samplers import TPESampler
     from ray import tune
@@ -95,7 +97,7 @@ def _tuner(spec: SweepSpec, paths: SweepPaths, ctx: TrialContext, address: str |
     run = tune.with_resources(tune.with_parameters(trainable, ctx=ctx),
                               {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     if resume:
-        return tune.Tuner.restore(str(paths.tune), run, resume_errored=False, restart_errored=True)
+        return tune.Tuner.restore(str(tune_dir), run, resume_errored=False, restart_errored=True)
     default = spec.default_point()
     searcher = OptunaSearch(
         metric=[o.metric for o in spec.objectives],
@@ -108,7 +110,7 @@ def _tuner(spec: SweepSpec, paths: SweepPaths, ctx: TrialContext, address: str |
         param_space={k: d.tune_domain() for k, d in spec.search.items()},
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.trials,
                                     max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(name="tune", storage_path=str(paths.root),
+        run_config=tune.RunConfig(name=tune_dir.name, storage_path=str(paths.root),
                                   failure_config=tune.FailureConfig(max_failures=2),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   callbacks=[ResultsCallback(spec, paths.results)], verbose=1 if progress else 0),
