@@ -194,21 +194,10 @@ class UnlearnData:
     forget_idx: torch.Tensor
     retain_idx: torch.Tensor
 
-    @property
-    def x_forget(self):
-        return self.dataset.x_train[self.forget_idx]
-
-    @property
-    def y_forget(self):
-        return self.dataset.y_train[self.forget_idx]
-
-    @property
-    def x_retain(self):
-        return self.dataset.x_train[self.retain_idx]
-
-    @property
-    def y_retain(self):
-        return self.dataset.y_train[self.retain_idx]
+    x_forget = property(lambda self: self.dataset.x_train[self.forget_idx])
+    y_forget = property(lambda self: self.dataset.y_train[self.forget_idx])
+    x_retain = property(lambda self: self.dataset.x_train[self.retain_idx])
+    y_retain = property(lambda self: self.dataset.y_train[self.retain_idx])
 
     def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """D_test; for class-wise forgetting without the forgotten class (metrics.md)."""

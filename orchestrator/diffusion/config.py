@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config import TrainRecipe
 from orchestrator.errors import UserError, need, need_positive_ints
 from orchestrator.methods import get_method, method_knobs, tuples
 
@@ -60,16 +61,13 @@ class GeneratorRecipe:
 
 
 @dataclass(frozen=True)
-class ClassifierRecipe:
-    """The evaluation classifier (orchestrator.models ResNet) on real images at the generator's size."""
+class ClassifierRecipe(TrainRecipe):
+    """The evaluation classifier (orchestrator.models ResNet) on real images at the generator's
+    size, trained with the classifier recipe's knobs."""
 
+    epochs: int = 15
     model: str = "resnet8"
     width: int = 16
-    epochs: int = 15
-    lr: float = 0.1
-    batch_size: int = 128
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
 
     def validate(self) -> None:
         from orchestrator.models import model_info

@@ -67,7 +67,7 @@ def get_classifier(
         hist = train_classifier(
             model, x_train, dataset.y_train, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size,
             momentum=recipe.momentum, weight_decay=recipe.weight_decay, natural=dataset.natural_images,
-            generator=generator, desc="train classifier", progress=progress,
+            generator=generator, augmentation=recipe.augment, desc="train classifier", progress=progress,
         )
         return {"test_acc": accuracy(model, x_test, dataset.y_test), "train_acc": hist[-1]["train_acc"]}
 

@@ -8,6 +8,7 @@ the sweep spec and the trial all come from here.
 from __future__ import annotations
 
 import dataclasses
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -70,18 +71,21 @@ class Method(ABC):
             raise UserError(f"unknown {self.name} knob(s) {unknown}; allowed: {', '.join(self.knob_names())}")
         return self.config_class(**tuples(d))
 
+    def run(self, model: nn.Module, data: Any, cfg: Any, generator: Any, *,
+            on_epoch: Callable[[dict], None] | None = None, backend: str | None = None) -> MethodResult:
+        """Validate ``cfg``, unlearn in place (seeded by ``generator`` only), time it (the RTE) and
+        leave the model in eval mode."""
+        cfg.validate()
+        start = time.perf_counter()
+        history, stats = self.unlearn(model, data, cfg, generator, on_epoch=on_epoch, backend=backend)
+        seconds = time.perf_counter() - start
+        return MethodResult(model.eval(), seconds, history, stats)
+
     @abstractmethod
-    def run(
-        self,
-        model: nn.Module,
-        data: Any,
-        cfg: Any,
-        generator: Any,
-        *,
-        on_epoch: Callable[[dict], None] | None = None,
-        backend: str | None = None,
-    ) -> MethodResult:
-        """Unlearn in place and return the model, seeded by ``generator`` only; leaves it in eval mode."""
+    def unlearn(self, model: nn.Module, data: Any, cfg: Any, generator: Any, *,
+                on_epoch: Callable[[dict], None] | None, backend: str | None) -> tuple[list[dict], dict]:
+        """The method itself: change ``model`` in place; return the per-epoch records (each also
+        passed to ``on_epoch``) and statistics of what it changed."""
 
 
 def tuples(d: dict) -> dict:

@@ -6,11 +6,9 @@ range is lr 0.01-0.1.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from orchestrator.methods import Method, MethodResult
-from orchestrator.methods.shared import SGDKnobs, fine_tune
+from orchestrator.methods.shared import OneSetFineTuning, SGDKnobs
 
 
 @dataclass(frozen=True)
@@ -19,17 +17,9 @@ class FinetuneConfig(SGDKnobs):
     lr: float = 0.01
 
 
-class Finetune(Method):
+class Finetune(OneSetFineTuning):
     name = "finetune"
-    task = "classification"
     config_class = FinetuneConfig
-
-    def run(self, model, data, cfg, generator, *, on_epoch=None, backend=None) -> MethodResult:
-        cfg.validate()
-        start = time.perf_counter()
-        history = fine_tune(model, data.x_retain, data.y_retain, cfg, generator, natural=data.dataset.natural_images,
-                            on_epoch=on_epoch, where="fine-tuning")
-        return MethodResult(model, time.perf_counter() - start, history)
 
 
 METHOD = Finetune()

@@ -6,11 +6,9 @@ range is lr 1e-6-1e-3.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from orchestrator.methods import Method, MethodResult
-from orchestrator.methods.shared import SGDKnobs, fine_tune
+from orchestrator.methods.shared import OneSetFineTuning, SGDKnobs
 
 
 @dataclass(frozen=True)
@@ -19,17 +17,11 @@ class GradAscentConfig(SGDKnobs):
     lr: float = 1e-4
 
 
-class GradAscent(Method):
+class GradAscent(OneSetFineTuning):
     name = "grad_ascent"
-    task = "classification"
     config_class = GradAscentConfig
-
-    def run(self, model, data, cfg, generator, *, on_epoch=None, backend=None) -> MethodResult:
-        cfg.validate()
-        start = time.perf_counter()
-        history = fine_tune(model, data.x_forget, data.y_forget, cfg, generator, natural=data.dataset.natural_images,
-                            on="forget", sign=-1.0, on_epoch=on_epoch, where="gradient ascent")
-        return MethodResult(model, time.perf_counter() - start, history)
+    on = "forget"
+    sign = -1.0
 
 
 METHOD = GradAscent()

@@ -7,13 +7,11 @@ Scissorhands reference scripts' l1_sparse baseline; no_l1_epochs 0 (their defaul
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 
 from orchestrator.errors import need
-from orchestrator.methods import Method, MethodResult
-from orchestrator.methods.shared import SGDKnobs, fine_tune
+from orchestrator.methods.shared import OneSetFineTuning, SGDKnobs
 
 
 @dataclass(frozen=True)
@@ -29,25 +27,20 @@ class L1SparseConfig(SGDKnobs):
         need(0 <= self.no_l1_epochs <= self.epochs, f"--no-l1-epochs {self.no_l1_epochs}: must be in [0, --epochs]")
 
 
-class L1Sparse(Method):
+class L1Sparse(OneSetFineTuning):
     name = "l1_sparse"
-    task = "classification"
     config_class = L1SparseConfig
 
-    def run(self, model, data, cfg, generator, *, on_epoch=None, backend=None) -> MethodResult:
-        cfg.validate()
-        start = time.perf_counter()
+    def penalty(self, model, cfg: L1SparseConfig):
         params = list(model.parameters())
         decay_epochs = cfg.epochs - cfg.no_l1_epochs
 
-        def penalty(epoch: int):
+        def l1(epoch: int):
             if epoch >= decay_epochs:
                 return 0.0
             return cfg.alpha * (1 - epoch / decay_epochs) * sum(p.abs().sum() for p in params)
 
-        history = fine_tune(model, data.x_retain, data.y_retain, cfg, generator, natural=data.dataset.natural_images,
-                            penalty=penalty, on_epoch=on_epoch, where="l1-sparse fine-tuning")
-        return MethodResult(model, time.perf_counter() - start, history)
+        return l1
 
 
 METHOD = L1Sparse()

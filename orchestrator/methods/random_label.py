@@ -6,13 +6,12 @@ in 0.01-0.1.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
 from orchestrator.data import UnlearnData
-from orchestrator.methods import Method, MethodResult
+from orchestrator.methods import Method
 from orchestrator.methods.shared import SGDKnobs, fine_tune
 
 
@@ -33,13 +32,11 @@ class RandomLabel(Method):
     task = "classification"
     config_class = RandomLabelConfig
 
-    def run(self, model, data, cfg, generator, *, on_epoch=None, backend=None) -> MethodResult:
-        cfg.validate()
-        start = time.perf_counter()
+    def unlearn(self, model, data, cfg, generator, *, on_epoch, backend):
         x, y = relabelled(data, generator)
         history = fine_tune(model, x, y, cfg, generator, natural=data.dataset.natural_images, on="relabelled",
                             on_epoch=on_epoch, where="random-label fine-tuning")
-        return MethodResult(model, time.perf_counter() - start, history)
+        return history, {}
 
 
 METHOD = RandomLabel()

@@ -9,14 +9,13 @@ weight inside the optimizer, as there.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
 import kernels
 from orchestrator.errors import need
-from orchestrator.methods import Method, MethodResult
+from orchestrator.methods import Method
 from orchestrator.methods.random_label import relabelled
 from orchestrator.methods.shared import SGDKnobs, cross_entropy, fine_tune
 from orchestrator.training import batches
@@ -53,9 +52,7 @@ class SalUn(Method):
     task = "classification"
     config_class = SalUnConfig
 
-    def run(self, model, data, cfg, generator, *, on_epoch=None, backend=None) -> MethodResult:
-        cfg.validate()
-        start = time.perf_counter()
+    def unlearn(self, model, data, cfg, generator, *, on_epoch, backend):
         masks = saliency_masks(model, data, cfg, generator, backend)
         params = list(model.parameters())
 
@@ -69,7 +66,7 @@ class SalUn(Method):
         history = fine_tune(model, x, y, cfg, generator, natural=data.dataset.natural_images, on="relabelled",
                             before_step=masked, on_epoch=on_epoch, where="SalUn fine-tuning")
         stats = {"masked": int(sum(int(m.sum()) for m in masks)), "n_params": sum(p.numel() for p in params)}
-        return MethodResult(model, time.perf_counter() - start, history, stats)
+        return history, stats
 
 
 METHOD = SalUn()

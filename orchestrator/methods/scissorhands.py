@@ -12,7 +12,6 @@ All tensor math goes through ``kernels``.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, replace
 from itertools import takewhile, zip_longest
 from typing import Callable
@@ -24,7 +23,7 @@ from torch import nn
 import kernels
 from orchestrator.data import UnlearnData
 from orchestrator.errors import need, need_positive_ints
-from orchestrator.methods import Method, MethodResult
+from orchestrator.methods import Method
 from orchestrator.methods.shared import GradientProjection, init_specs, matching, repair_loop
 from orchestrator.models import late_layers
 from orchestrator.training import augment, batches
@@ -156,13 +155,11 @@ class Scissorhands(Method):
         super().preset(name)
         return REFERENCE if name == "reference" else MEASURED_DEFAULTS[(model_size, forget_kind)]
 
-    def run(self, model: nn.Module, data: UnlearnData, cfg: ScissorhandsConfig, generator: torch.Generator, *,
-            on_epoch: Callable[[dict], None] | None = None, backend: str | None = None) -> MethodResult:
-        cfg.validate()
+    def unlearn(self, model: nn.Module, data: UnlearnData, cfg: ScissorhandsConfig, generator: torch.Generator, *,
+                on_epoch: Callable[[dict], None] | None, backend: str | None) -> tuple[list[dict], dict]:
         natural = data.dataset.natural_images
         xf, yf, xr, yr = data.x_forget, data.y_forget, data.x_retain, data.y_retain
         layers = late_layers(model)
-        start = time.perf_counter()
         grad_sums = sensitivity(model, data, cfg, generator, backend)
         threshold, trimmed = trim(model, grad_sums, cfg, layers, generator, backend)
         del grad_sums
@@ -205,10 +202,7 @@ class Scissorhands(Method):
             on_epoch=on_epoch, where="Scissorhands repair",
             hint=f"lower --lr (now {cfg.lr}) or --forget-weight (now {cfg.forget_weight})",
         )
-        model.eval()
-        seconds = time.perf_counter() - start
-        stats = {"trimmed": trimmed, "n_params": sum(p.numel() for p in model.parameters()), "tau": threshold.tau}
-        return MethodResult(model, seconds, history, stats)
+        return history, {"trimmed": trimmed, "n_params": sum(p.numel() for p in model.parameters()), "tau": threshold.tau}
 
 
 METHOD = Scissorhands()

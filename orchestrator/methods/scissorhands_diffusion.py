@@ -34,7 +34,7 @@ import kernels
 from orchestrator.diffusion.sampling import draw_noise, noise_loss, q_sample
 from orchestrator.diffusion.unet import TRIM_PRESETS, select_parameters
 from orchestrator.errors import UserError, need, need_positive_ints
-from orchestrator.methods import Method, MethodResult
+from orchestrator.methods import Method
 from orchestrator.methods.shared import GradientProjection, init_specs, repair_loop
 
 REPAIRS = ("anchor", "ascent")
@@ -151,9 +151,9 @@ class ScissorhandsDiffusion(Method):
     task = "diffusion"
     config_class = ScissorhandsDiffusionConfig
 
-    def run(self, model: nn.Module, data: DiffusionData, cfg: ScissorhandsDiffusionConfig,
-            generator: torch.Generator, *, on_epoch: Callable[[dict], None] | None = None,
-            backend: str | None = None) -> MethodResult:
+    def unlearn(self, model: nn.Module, data: DiffusionData, cfg: ScissorhandsDiffusionConfig,
+                generator: torch.Generator, *, on_epoch: Callable[[dict], None] | None,
+                backend: str | None) -> tuple[list[dict], dict]:
         """``generator`` (CPU) drives batches, timesteps and noise; the fresh values of trimmed
         entries come from a generator on the UNet's device seeded with its seed + 1."""
         unet, task = model, data
@@ -234,15 +234,13 @@ class ScissorhandsDiffusion(Method):
         )
         for p in unet.parameters():
             p.requires_grad_(True)
-        unet.eval()
-        seconds = time.perf_counter() - start
         stats = {
             "trimmed": int(trimmed), "n_scored": int(total),
             "n_trimmable": int(sum(named[n].numel() for n in trimmable)),
             "tau": float(threshold.tau), "score_trim_s": round(score_seconds, 3),
             "trimmed_params": trimmable,
         }
-        return MethodResult(unet, seconds, history, stats)
+        return history, stats
 
 
 METHOD = ScissorhandsDiffusion()

@@ -8,7 +8,7 @@ import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ from torch import nn
 
 import kernels
 from orchestrator.errors import need, need_positive_ints
+from orchestrator.methods import Method
 from orchestrator.training import augment, batches, check_finite
 
 
@@ -176,3 +177,21 @@ def fine_tune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SGDKnobs,
 
     return repair_loop(model, sgd(model, cfg), epochs=cfg.epochs, steps=steps, loss=loss, before_step=before_step,
                        on_epoch=on_epoch, where=where, hint=f"lower --lr (now {cfg.lr})")
+
+
+class OneSetFineTuning(Method):
+    """SGD on the cross-entropy of one set: FT (D_r), GA (D_f, ascending), l1-sparse (D_r plus
+    the ``penalty``)."""
+
+    task = "classification"
+    on: ClassVar[str] = "retain"  # retain | forget
+    sign: ClassVar[float] = 1.0
+
+    def penalty(self, model: nn.Module, cfg: Any) -> Callable[[int], torch.Tensor | float] | None:
+        return None
+
+    def unlearn(self, model, data, cfg, generator, *, on_epoch, backend):
+        x, y = (data.x_retain, data.y_retain) if self.on == "retain" else (data.x_forget, data.y_forget)
+        history = fine_tune(model, x, y, cfg, generator, natural=data.dataset.natural_images, on=self.on,
+                            sign=self.sign, penalty=self.penalty(model, cfg), on_epoch=on_epoch, where=self.name)
+        return history, {}

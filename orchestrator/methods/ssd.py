@@ -9,14 +9,13 @@ Gradients are taken in eval mode on augmented batches, so BatchNorm statistics d
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
 import kernels
 from orchestrator.errors import need, need_positive_ints
-from orchestrator.methods import Method, MethodResult
+from orchestrator.methods import Method
 from orchestrator.methods.shared import cross_entropy
 from orchestrator.training import batches
 
@@ -51,9 +50,7 @@ class SSD(Method):
     task = "classification"
     config_class = SSDConfig
 
-    def run(self, model, data, cfg, generator, *, on_epoch=None, backend=None) -> MethodResult:
-        cfg.validate()
-        start = time.perf_counter()
+    def unlearn(self, model, data, cfg, generator, *, on_epoch, backend):
         model.eval()
         natural, ds = data.dataset.natural_images, data.dataset
         imp_forget = importance(model, data.x_forget, data.y_forget, cfg, natural, generator, backend)
@@ -66,7 +63,7 @@ class SSD(Method):
                 p[selected] *= factor[selected]
                 dampened += int(selected.sum())
         stats = {"dampened": dampened, "n_params": sum(p.numel() for p in model.parameters())}
-        return MethodResult(model, time.perf_counter() - start, [], stats)
+        return [], stats
 
 
 METHOD = SSD()
