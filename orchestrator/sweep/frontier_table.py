@@ -26,10 +26,10 @@ def format_frontier(storage: Path, name: str, show_all: bool = False) -> str:
     if df.empty:
         return f"sweep {name}: no finished trials yet"
     objectives = [(o["metric"], o["direction"]) for o in spec["objectives"]]
-    knobs = [f"config.{k}" for k in spec["search"] if f"config.{k}" in df]
+    knobs = [c for c in df.columns if c.startswith("config.")]  # a comparison: every method's knobs
     rows = df if show_all else df[df.get("pareto", False).fillna(False).astype(bool)]
     metric_cols = list(dict.fromkeys([m for m, _ in objectives] + [m for m in SHOWN_METRICS if m in df]))
-    cols = ["trial_id", "status", *knobs, *metric_cols]
+    cols = ["trial_id", *(["method"] if spec.get("methods") else []), "status", *knobs, *metric_cols]
     if show_all and "pareto" in df:
         cols.append("pareto")
     view = rows[[c for c in cols if c in rows]].rename(columns=lambda c: c.removeprefix("config."))

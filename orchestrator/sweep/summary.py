@@ -81,7 +81,12 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
         plotted = plot_frontier(df, [(o.metric, o.direction) for o in spec.objectives], paths.plot,
                                 markers=points or None)
         if spec.methods:
-            summary["methods"] = {m: method_summary(df[ok & (df["method"] == m).to_numpy()], spec, ref_point)
+            # One reference point for every method: the worst value any method's trial reached
+            # (the original model would give most of them zero volume: nothing dominates it).
+            nadir = [float(np.nanmax(values[:, j]) if d == "min" else np.nanmin(values[:, j]))
+                     for j, d in enumerate(directions)]
+            summary["methods_reference_point"] = nadir
+            summary["methods"] = {m: method_summary(df[ok & (df["method"] == m).to_numpy()], spec, nadir)
                                   for m in spec.methods}
             plotted += plot_methods(df[ok], [(o.metric, o.direction) for o in spec.objectives],
                                     paths.root / "frontier_methods.png", markers=points or None)
