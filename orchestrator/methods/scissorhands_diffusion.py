@@ -93,8 +93,9 @@ class ScissorhandsDiffusionConfig:
     }
 
     def validate(self) -> None:
-        need_positive_ints(self, ("score_batches", "score_batch_size", "epochs", "steps_per_epoch", "batch_size",
+        need_positive_ints(self, ("score_batches", "score_batch_size", "steps_per_epoch", "batch_size",
                                   "project_every", "memory_batches"))
+        need(self.epochs >= 0, f"--epochs {self.epochs}: must be >= 0 (0: trim without repair)")
         need(0.0 < self.trim_ratio < 1.0, f"--trim-ratio {self.trim_ratio}: must be in (0, 1)")
         need(len(self.trim_modules) > 0, "--trim-modules: give at least one of "
               f"{', '.join(TRIM_PRESETS)} or a regex on parameter names")
