@@ -199,6 +199,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, no_ray):
 
 
 BAD_SPECS = [
+    ("name: x\nforget: class:3\nsearch: {trim_ratio: {type: uniform, low: 0.01, high: 0.1}}\n"
+     "objectives: [{metric: RA, direction: max}]\ntrials: 2\nresources: {cpu: 100000}\n",
+     "a trial asks for cpu 100000, gpu 0; this machine has"),
     ("name: x\nforget: class:3\nsearch: {trim_ratio: {type: uniform, low: 0.1, high: 0.01}}\n"
      "objectives: [{metric: RA, direction: max}]\ntrials: 2\n", "search.trim_ratio: bad range: low 0.1 must be < high 0.01"),
     ("name: x\nforget: class:3\nsearch: {trim_ratio: {type: uniform, low: 0.01, high: 0.1}}\n"

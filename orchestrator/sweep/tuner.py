@@ -26,6 +26,8 @@ def run_sweep(spec: SweepSpec, *, storage: Path, trials: int | None = None, name
     storage = Path(storage).resolve()
     paths = SweepPaths(storage / spec.name)
     _check_new_or_resumable(spec, paths, resume)
+    if not address:
+        _check_fits_here(spec)
     paths.root.mkdir(parents=True, exist_ok=True)
     if spec_text is not None and not resume:
         (paths.root / "spec.yaml").write_text(spec_text)
@@ -61,6 +63,17 @@ def _check_new_or_resumable(spec: SweepSpec, paths: SweepPaths, resume: bool) ->
         raise UserError(f"sweep {spec.name!r} already exists in {paths.root}; use --resume or another --name")
     if resume and not started:
         raise UserError(f"--resume: no sweep {spec.name!r} in {paths.root} to resume")
+
+
+def _check_fits_here(spec: SweepSpec) -> None:
+    """A local Ray never grows: a trial asking for more than this machine has would wait forever."""
+    import torch
+
+    cpus, gpus = len(os.sched_getaffinity(0)), torch.cuda.device_count()
+    want = spec.resources
+    if want.gpu > gpus or want.cpu > cpus:
+        raise UserError(f"resources: a trial asks for cpu {want.cpu:g}, gpu {want.gpu:g}; this machine has "
+                        f"{cpus} CPUs and {gpus} GPUs (lower resources, or pass --address of a cluster that has them)")
 
 
 def _log_parent(client, run_id: str, spec: SweepSpec, spec_text: str | None, refs: dict[int, dict]) -> None:
