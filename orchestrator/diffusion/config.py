@@ -147,8 +147,8 @@ class DiffusionRunConfig:
         from orchestrator.data import ForgetSpec
 
         spec = ForgetSpec.parse(self.forget)
-        if spec.kind != "class":
-            raise UserError(f"--forget {self.forget!r}: diffusion erasure needs a class, e.g. --forget class:3")
+        if spec.forget_class is None:
+            raise UserError(f"--forget {self.forget!r}: diffusion erasure needs one class, e.g. --forget class:3")
         return spec.forget_class
 
     def validate(self) -> None:

@@ -8,11 +8,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from orchestrator.data import Dataset, UnlearnData
+from orchestrator.data import Dataset, UnlearnData, resize_uint8
 from orchestrator.diffusion.config import ClassifierRecipe, GeneratorRecipe
 from orchestrator.diffusion.sampling import alphas_cumprod, noise_loss
 from orchestrator.diffusion.tasks import drop_labels
@@ -23,14 +22,6 @@ from orchestrator.training import accuracy, check_finite, cycle, shuffled, to_fl
 
 GENERATOR_CODE_VERSION = 1  # bump when train_generator changes what a recipe produces
 CLASSIFIER_CODE_VERSION = 1
-
-
-def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 NCHW images resized (antialiased bilinear) to size x size."""
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    y = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return y.round().clamp(0, 255).to(torch.uint8)
 
 
 def to_signed(x: torch.Tensor) -> torch.Tensor:
