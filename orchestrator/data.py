@@ -523,7 +523,7 @@ def split_forget(dataset: Dataset, forget: ForgetSpec, seed: int) -> UnlearnData
         present = sorted(int(c) for c in torch.unique(y))
         missing = [k for k in forget.classes if k not in present]
         if missing:
-            raise UserError(f"--forget {forget}: class {_first(missing)} not in the data; classes present: {present}")
+            raise UserError(f"--forget {forget}: class not in the data: {_first(missing)}; classes present: {present}")
         mask = torch.isin(y, torch.tensor(forget.classes))
     elif forget.kind == "ids":
         position = {sample_id: i for i, sample_id in enumerate(dataset.ids_train)}

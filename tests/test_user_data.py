@@ -129,5 +129,5 @@ def test_several_forget_classes():
     assert set(data.y_forget.unique().tolist()) == {3, 5} and not torch.isin(data.y_retain, torch.tensor([3, 5])).any()
     assert not torch.isin(data.test_set()[1], torch.tensor([3, 5])).any()
     assert str(ForgetSpec.parse("class:3")) == "class:3" and ForgetSpec.parse("class:3").forget_class == 3
-    with pytest.raises(UserError, match=r"class 12 not in the data"):
+    with pytest.raises(UserError, match=r"class:3,12: class not in the data: 12;"):
         split_forget(ds, ForgetSpec.parse("class:3,12"), seed=0)
