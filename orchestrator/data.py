@@ -151,8 +151,9 @@ def _npz_nbytes(path: Path) -> int:
     with zipfile.ZipFile(path) as z:
         for member in z.namelist():
             with z.open(member) as f:
-                version = np.lib.format.read_magic(f)
-                shape, _, dtype = np.lib.format._read_array_header(f, version)
+                major, _ = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(f)
                 total += int(np.prod(shape)) * dtype.itemsize
     return total
 
