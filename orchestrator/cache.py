@@ -88,17 +88,18 @@ def cached_model(
     spec: dict,
     cache_dir: Path,
     build: Callable[[], nn.Module],
-    train: Callable[[nn.Module], dict],
+    train: Callable[[nn.Module], dict] | None,
     *,
     allow_build: bool = True,
+    valid: Callable[[dict], bool] | None = None,
 ) -> Cached:
-    """Load ``<cache>/<kind>-<key>`` if intact, else build + train + store it.
+    """Load ``<cache>/<kind>-<key>`` if intact (and ``valid(meta)``), else build + train + store it.
     ``allow_build=False``: a missing entry is an error (sweep trials never train references)."""
     entry = Path(cache_dir) / f"{kind}-{content_key(spec)}"
     with file_lock(Path(cache_dir) / f".{entry.name}.lock"):
         model = build()
         meta = load_checkpoint(entry, model)
-        if meta is not None:
+        if meta is not None and (valid is None or valid(meta)):
             return Cached(kind, model.eval(), entry, meta)
         if not allow_build:
             raise RuntimeError(f"{kind} reference {entry} is missing; it must be built before the trials")

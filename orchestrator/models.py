@@ -1,13 +1,20 @@
-"""CIFAR-style ResNets in plain torch (no torchvision), registered by name.
+"""Models: CIFAR-style ResNets in plain torch (no torchvision), registered by name; a user's
+own model from ``MODULE:FUNCTION``; a local Hugging Face image classifier from ``hf:DIR``;
+and loading a user's weights (a state_dict file or an MLflow model URI) into any of them.
 
-Parameter names follow the reference code (conv1, bn1, layer1..layerN, fc) so the paper's
-layer patterns ("layer3", "layer4", "fc") apply unchanged. Input normalisation lives in
-the model (buffers), so a saved model is usable on raw [0, 1] images.
+Parameter names of the ResNets follow the reference code (conv1, bn1, layer1..layerN, fc) so
+the paper's layer patterns ("layer3", "layer4", "fc") apply unchanged. Input normalisation
+lives in the model (buffers), so a saved model is usable on raw [0, 1] images; a user's
+model sits inside :class:`Normalized` as ``net``, so its own state_dict keys stay loadable.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
 import math
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -15,6 +22,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from orchestrator.errors import UserError
+
+
+class NormalizesInput(nn.Module):
+    """Per-channel input normalisation as buffers, set from the training split."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, in_channels, 1, 1))
+        self.register_buffer("std", torch.ones(1, in_channels, 1, 1))
+
+    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean.view_as(self.mean))
+        self.std.copy_(std.clamp_min(1e-3).view_as(self.std))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
 class BasicBlock(nn.Module):
@@ -36,11 +59,9 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class ResNet(NormalizesInput):
     def __init__(self, blocks: list[int], widths: list[int], in_channels: int, num_classes: int):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(1, in_channels, 1, 1))
-        self.register_buffer("std", torch.ones(1, in_channels, 1, 1))
+        super().__init__(in_channels)
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         in_planes = widths[0]
@@ -53,13 +74,9 @@ class ResNet(nn.Module):
         self.num_stages = len(blocks)
         self.fc = nn.Linear(in_planes, num_classes)
 
-    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.mean.copy_(mean.view_as(self.mean))
-        self.std.copy_(std.clamp_min(1e-3).view_as(self.std))
-
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features; x is in [0, 1]."""
-        out = F.relu(self.bn1(self.conv1((x - self.mean) / self.std)))
+        out = F.relu(self.bn1(self.conv1(self.normalize(x))))
         for i in range(1, self.num_stages + 1):
             out = getattr(self, f"layer{i}")(out)
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
@@ -95,26 +112,219 @@ MODELS: dict[str, ModelInfo] = {
 
 def model_info(name: str) -> ModelInfo:
     if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
+        raise UserError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}, MODULE:FUNCTION or hf:DIR")
     return MODELS[name]
 
 
-def build_model(name: str, in_channels: int, num_classes: int, width: int | None = None) -> ResNet:
-    info = model_info(name)
-    width = width or info.default_width
-    if width < 1:
-        raise UserError(f"--width {width}: must be a positive integer")
-    model = info.build(in_channels, num_classes, width)
-    model.late_layers = info.late_layers
+class Normalized(NormalizesInput):
+    """A user's (or Hugging Face) classifier behind the input normalisation the built-ins carry:
+    ``net`` gets (x - mean) / std of the training split and returns logits [N, num_classes]."""
+
+    def __init__(self, net: nn.Module, in_channels: int):
+        super().__init__(in_channels)
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(self.normalize(x))
+        return getattr(out, "logits", out)  # Hugging Face models return an output object
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _import_factory(name: str, code_dir: str | None):
+    """``MODULE:FUNCTION`` imported from ``code_dir`` (when this node has it) or the Python path."""
+    module_name, _, function = name.partition(":")
+    if code_dir and Path(code_dir).is_dir() and str(Path(code_dir).resolve()) not in sys.path:
+        sys.path.insert(0, str(Path(code_dir).resolve()))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise UserError(f"--model {name}: cannot import module {module_name!r} ({_one_line(exc)}); put it on "
+                        "PYTHONPATH or pass --code-dir DIR") from None
+    factory = getattr(module, function, None)
+    if not callable(factory):
+        raise UserError(f"--model {name}: module {module_name} ({module.__file__}) has no function {function!r}")
+    return factory, module
+
+
+def _hf_folder(name: str) -> Path:
+    folder = Path(name.removeprefix("hf:"))
+    if not (folder / "config.json").is_file():
+        raise UserError(f"--model {name}: no config.json in {folder} (a local Hugging Face image-classification "
+                        "model folder, as save_pretrained writes it)")
+    return folder
+
+
+def check_model(name: str, code_dir: str | None = None, width: int | None = None) -> None:
+    """Everything about ``--model`` that needs no data: the name, the factory, the folder."""
+    if code_dir is not None and not Path(code_dir).is_dir():
+        raise UserError(f"--code-dir {code_dir}: no such directory")
+    if name.startswith("hf:"):
+        _hf_folder(name)
+    elif ":" in name:
+        _import_factory(name, code_dir)
+    else:
+        model_info(name)
+    if width is not None and name not in MODELS:
+        raise UserError(f"--width {width}: applies to the built-in ResNets only, not {name}")
+
+
+def model_size(name: str) -> str:
+    """Built-ins by their size; any other model gets the reference code's values (``large``)."""
+    return MODELS[name].size if name in MODELS else "large"
+
+
+def model_source(name: str, code_dir: str | None = None) -> str | None:
+    """A content hash of the code (a user's module file) or config (a Hugging Face folder)
+    a model is built from, for cache keys; None for the built-ins (the package version covers them)."""
+    if name in MODELS:
+        return None
+    if name.startswith("hf:"):
+        path = _hf_folder(name) / "config.json"
+    else:
+        path = Path(_import_factory(name, code_dir)[1].__file__)
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _build_user(name: str, in_channels: int, num_classes: int, code_dir: str | None) -> nn.Module:
+    factory, _ = _import_factory(name, code_dir)
+    try:
+        net = factory(in_channels=in_channels, num_classes=num_classes)
+    except Exception as exc:
+        raise UserError(f"--model {name}: the factory raised {_one_line(exc)} (it is called as "
+                        f"{name.partition(':')[2]}(in_channels={in_channels}, num_classes={num_classes}))") from None
+    if not isinstance(net, nn.Module):
+        raise UserError(f"--model {name}: the factory returned {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
+def _build_hf(name: str, in_channels: int, num_classes: int) -> nn.Module:
+    """A freshly initialised model of the folder's config (its weights are the default original)."""
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    folder = _hf_folder(name)
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        net = AutoModelForImageClassification.from_config(config)
+    except Exception as exc:
+        raise UserError(f"--model {name}: not a Hugging Face image-classification model ({_one_line(exc)})") from None
+    if config.num_labels != num_classes:
+        raise UserError(f"--model {name}: the model has {config.num_labels} labels, the data {num_classes} classes")
+    if getattr(config, "num_channels", in_channels) != in_channels:
+        raise UserError(f"--model {name}: the model takes {config.num_channels} channels, the data has {in_channels}")
+    return net
+
+
+def build_model(name: str, in_channels: int, num_classes: int, width: int | None = None,
+                code_dir: str | None = None) -> nn.Module:
+    """A built-in ResNet; ``MODULE:FUNCTION`` (called as ``FUNCTION(in_channels=C, num_classes=K)``,
+    returning an ``nn.Module`` that maps [N, C, H, W] floats to [N, K] logits); or ``hf:DIR``."""
+    if name in MODELS or ":" not in name:
+        info = model_info(name)
+        width = width or info.default_width
+        if width < 1:
+            raise UserError(f"--width {width}: must be a positive integer")
+        model = info.build(in_channels, num_classes, width)
+        model.late_layers = info.late_layers
+        return model
+    if name.startswith("hf:"):
+        net = _build_hf(name, in_channels, num_classes)
+    else:
+        net = _build_user(name, in_channels, num_classes, code_dir)
+    model = Normalized(net, in_channels)
+    model.late_layers = default_late_layers(model, num_classes)
     return model
+
+
+def default_late_layers(model: nn.Module, num_classes: int | None = None) -> tuple[str, ...]:
+    """The last third of the conv / linear modules in module order, plus the classifier head
+    (every linear layer with ``num_classes`` outputs), wherever it is declared."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    late = [n for n, _ in layers[len(layers) - math.ceil(len(layers) / 3):]]
+    heads = [n for n, m in layers if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    return tuple(dict.fromkeys(late + heads))
 
 
 def late_layers(model: nn.Module) -> tuple[str, ...]:
     """The modules Scissorhands trims and projects by default: the model's ``late_layers``
-    if it declares them (the built-in ResNets do), else the last third of its conv / linear
-    modules in module order."""
-    declared = getattr(model, "late_layers", None)
-    if declared:
-        return tuple(declared)
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    return tuple(names[len(names) - math.ceil(len(names) / 3):])
+    if it declares them (every model :func:`build_model` builds does), else
+    :func:`default_late_layers`."""
+    return tuple(getattr(model, "late_layers", None) or default_late_layers(model))
+
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def _weights_file(path: Path) -> Path:
+    """A Hugging Face folder's weights file, or ``path`` itself."""
+    if path.is_dir():
+        for candidate in ("model.safetensors", "pytorch_model.bin"):
+            if (path / candidate).is_file():
+                return path / candidate
+    return path
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def read_state_dict(source: str, flag: str) -> dict[str, torch.Tensor]:
+    """A user's weights: a state_dict in ``.pt`` / ``.pth`` / ``.bin`` / ``.safetensors``, a
+    Hugging Face folder, or an MLflow model URI (``runs:/RUN/PATH``, ``models:/NAME@ALIAS``)."""
+    if source.startswith(("runs:/", "models:/")):
+        import mlflow.pytorch
+
+        try:
+            state = mlflow.pytorch.load_model(source).state_dict()
+        except Exception as exc:
+            raise UserError(f"{flag} {source}: cannot load the MLflow model ({_one_line(exc)})") from None
+        return {k: v.detach().cpu() for k, v in state.items()}
+    path = _weights_file(Path(source))
+    if not path.is_file():
+        raise UserError(f"{flag} {source}: file not found")
+    if path.suffix.lower() not in WEIGHT_SUFFIXES:
+        raise UserError(f"{flag} {source}: allowed a state_dict file ({', '.join(WEIGHT_SUFFIXES)}), a Hugging Face "
+                        "folder, runs:/RUN_ID/PATH or models:/NAME@ALIAS")
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{flag} {source}: not a readable checkpoint ({_one_line(exc)})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{flag} {source}: not a state_dict (a mapping of parameter names to tensors)")
+    return state
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], flag: str, source: str) -> None:
+    """Load a user's state_dict: into a :class:`Normalized` model's ``net`` (the user's own keys),
+    or into the whole model (a checkpoint this tool wrote). A mismatch names the first missing
+    or unexpected key and the shapes."""
+    targets = [model, model.net] if isinstance(model, Normalized) else [model]
+    target = next((t for t in targets if set(state) == set(t.state_dict())), targets[-1])
+    expected = target.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = [f"missing key {k!r} (the model's shape {list(expected[k].shape)})" for k in missing[:1]]
+        parts += [f"unexpected key {k!r} (shape {list(state[k].shape)})" for k in unexpected[:1]]
+        raise UserError(f"{flag} {source} does not fit the model: {'; '.join(parts)} "
+                        f"({len(missing)} missing, {len(unexpected)} unexpected)")
+    for key, value in expected.items():
+        if state[key].shape != value.shape:
+            raise UserError(f"{flag} {source} does not fit the model: key {key!r} has shape "
+                            f"{list(state[key].shape)} in the checkpoint, {list(value.shape)} in the model")
+    target.load_state_dict(state)

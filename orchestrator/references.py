@@ -1,4 +1,5 @@
-"""Original and retrain reference classifiers, trained once and kept in the reference cache."""
+"""Original and retrain reference classifiers: trained once with the recipe, or the user's own
+weights (evaluated, never trained), kept in the reference cache either way."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -11,7 +12,7 @@ from orchestrator.cache import Cached, cached_model
 from orchestrator.config import RunConfig
 from orchestrator.data import Dataset, UnlearnData
 from orchestrator.evaluation import evaluate
-from orchestrator.models import build_model
+from orchestrator.models import build_model, load_weights, model_source, read_state_dict, state_digest
 from orchestrator.training import to_float, train_classifier
 
 TRAINING_CODE_VERSION = 1  # bump when the training loop changes what a recipe produces
@@ -21,10 +22,18 @@ ROLES = ("original", "retrain")
 def make_model(cfg: RunConfig, dataset: Dataset) -> nn.Module:
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, dataset.channels, dataset.num_classes, cfg.width)
+        model = build_model(cfg.model, dataset.channels, dataset.num_classes, cfg.width, cfg.code_dir)
     x = to_float(dataset.x_train)
     model.set_normalization(x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)))
     return model
+
+
+def weights_source(role: str, cfg: RunConfig) -> str | None:
+    """Where a reference's weights come from: None when it is trained with the recipe."""
+    source = cfg.original if role == "original" else cfg.retrain
+    if source is None and role == "original" and cfg.model.startswith("hf:"):
+        return cfg.model.removeprefix("hf:")  # a Hugging Face folder's own weights are the original
+    return None if source in (None, "train") else source
 
 
 def reference_spec(role: str, cfg: RunConfig, data: UnlearnData) -> dict:
@@ -38,9 +47,15 @@ def reference_spec(role: str, cfg: RunConfig, data: UnlearnData) -> dict:
         "seed": cfg.seed,
         "code": TRAINING_CODE_VERSION,
     }
+    source = model_source(cfg.model, cfg.code_dir)
+    if source:  # a user's model: its code is part of what the reference is
+        spec["model_source"] = source
     if role == "retrain":  # the original does not depend on the forget set: shared across forget specs
         spec["forget"] = str(data.forget)
         spec["forget_idx"] = data.forget_digest()
+    weights = weights_source(role, cfg)
+    if weights:  # the user's weights: neither recipe nor seed shape them
+        spec.update(weights=weights, recipe=None, seed=None)
     return spec
 
 
@@ -53,13 +68,35 @@ def reference_metrics(ref: Cached, data: UnlearnData) -> dict[str, float]:
 @dataclass
 class References:
     original: Cached
-    retrain: Cached
+    retrain: Cached | None  # None: --retrain none
 
 
 def get_reference(
     role: str, cfg: RunConfig, data: UnlearnData, cache_dir: Path, progress: bool = True, build: bool = True
 ) -> Cached:
-    """The cached reference, or train and cache it (``build=False``: a missing one is an error)."""
+    """The cached reference, or train (or load the user's weights) and cache it
+    (``build=False``: a missing one is an error)."""
+    spec = reference_spec(role, cfg, data)
+
+    def fresh() -> nn.Module:
+        return make_model(cfg, data.dataset)
+
+    source = weights_source(role, cfg)
+    if source is not None:
+        if not build:  # trials load the copy in the cache: the user's path may not exist on their node
+            return cached_model(role, spec, cache_dir, fresh, None, allow_build=False)
+        flag = "--original" if role == "original" else "--retrain"
+        state = read_state_dict(source, flag)
+        digest = state_digest(state)
+        load_weights(fresh(), state, flag, source)  # a misfit fails before anything is written
+
+        def load(model: nn.Module) -> dict:
+            load_weights(model, state, flag, source)
+            return {"weights_digest": digest}
+
+        # Weights changed at the same path or alias: the cached copy is stale.
+        return cached_model(role, spec, cache_dir, fresh, load,
+                            valid=lambda meta: meta.get("info", {}).get("weights_digest") == digest)
 
     def train(model: nn.Module) -> dict:
         x, y = (data.dataset.x_train, data.dataset.y_train) if role == "original" else (data.x_retain, data.y_retain)
@@ -72,11 +109,12 @@ def get_reference(
         )
         return {"train_acc": history[-1]["train_acc"] if history else None}
 
-    spec = reference_spec(role, cfg, data)
-    return cached_model(role, spec, cache_dir, lambda: make_model(cfg, data.dataset), train, allow_build=build)
+    return cached_model(role, spec, cache_dir, fresh, train, allow_build=build)
 
 
 def get_references(
     cfg: RunConfig, data: UnlearnData, cache_dir: Path, progress: bool = True, build: bool = True
 ) -> References:
-    return References(*(get_reference(role, cfg, data, cache_dir, progress, build) for role in ROLES))
+    roles = [r for r in ROLES if not (r == "retrain" and cfg.retrain == "none")]
+    refs = {role: get_reference(role, cfg, data, cache_dir, progress, build) for role in roles}
+    return References(refs["original"], refs.get("retrain"))

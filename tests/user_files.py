@@ -51,13 +51,23 @@ def write_model_module(folder: Path, name: str = "usernet") -> Path:
     return path
 
 
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def class_names(classes=(0, 1, 2)) -> list[str]:
+    """The class folders in the sorted order every loader uses: label i is ``class_names()[i]``."""
+    return sorted(NAMES[c] for c in classes)
+
+
 def digits(classes=(0, 1, 2), train_per_class: int = 60, test_per_class: int = 20):
-    """Real bundled digits of a few classes: (train images, labels), (test images, labels)."""
+    """Real bundled digits of a few classes: (train images, labels), (test images, labels),
+    labelled by the sorted class names (as an image folder of them is)."""
     ds = load_mnist5k()
+    names = class_names(classes)
 
     def take(x, y, per_class):
         idx = np.concatenate([np.nonzero(y.numpy() == c)[0][:per_class] for c in classes])
-        labels = np.searchsorted(classes, y.numpy()[idx])
+        labels = np.array([names.index(NAMES[d]) for d in y.numpy()[idx]])
         return x.numpy()[idx, 0], labels
 
     return take(ds.x_train, ds.y_train, train_per_class), take(ds.x_test, ds.y_test, test_per_class)
@@ -72,7 +82,7 @@ def png(image: np.ndarray) -> bytes:
 def write_imagefolder(root: Path, with_test: bool = True, **kwargs) -> list[str]:
     """``root/train/<digit name>/NNN.png`` (+ ``root/test/...``); returns the training ids."""
     (x, y), (xt, yt) = digits(**kwargs)
-    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    names = class_names(kwargs.get("classes", (0, 1, 2)))
     ids = []
     for split, images, labels in (("train", x, y), ("test", xt, yt)) if with_test else (("train", x, y),):
         for i, (image, label) in enumerate(zip(images, labels)):

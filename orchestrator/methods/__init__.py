@@ -71,6 +71,11 @@ class Method(ABC):
             raise UserError(f"unknown {self.name} knob(s) {unknown}; allowed: {', '.join(self.knob_names())}")
         return self.config_class(**tuples(d))
 
+    def layers(self, model: nn.Module, cfg: Any) -> dict[str, list[str]]:
+        """The parameter names the method changes by layer choice (e.g. trim / project), printed
+        and logged with every run; {} for a method that changes every parameter."""
+        return {}
+
     def run(self, model: nn.Module, data: Any, cfg: Any, generator: Any, *,
             on_epoch: Callable[[dict], None] | None = None, backend: str | None = None) -> MethodResult:
         """Validate ``cfg``, unlearn in place (seeded by ``generator`` only), time it (the RTE) and

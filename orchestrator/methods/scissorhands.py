@@ -22,7 +22,7 @@ from torch import nn
 
 import kernels
 from orchestrator.data import UnlearnData
-from orchestrator.errors import need, need_positive_ints
+from orchestrator.errors import UserError, need, need_positive_ints
 from orchestrator.methods import Method
 from orchestrator.methods.shared import GradientProjection, init_specs, matching, repair_loop
 from orchestrator.models import late_layers
@@ -101,6 +101,19 @@ def default_patterns(layers: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(rf"^{name}\." for name in layers)
 
 
+def layer_selection(model: nn.Module, cfg: ScissorhandsConfig) -> dict[str, list[str]]:
+    """The parameters trimmed (conv / linear only: normalisation layers never) and projected."""
+    layers = late_layers(model)
+    trim_names = {n for n, _ in matching(model, cfg.trim_layers or default_patterns(layers), "--trim-layers")}
+    specs = init_specs(model, trim_names, cfg.init)
+    trimmed = [n for (n, _), spec in zip(model.named_parameters(), specs) if spec is not None]
+    if not trimmed:
+        raise UserError(f"--trim-layers {' '.join(cfg.trim_layers)}: matches only normalisation parameters, which "
+                        "are never trimmed; name conv or linear layers")
+    projected = [n for n, _ in matching(model, cfg.project_layers or default_patterns(layers), "--project-layers")]
+    return {"trim": trimmed, "project": projected}
+
+
 def _forget_loss_grad(model, xf, yf, params, natural, generator) -> list[torch.Tensor]:
     loss = F.cross_entropy(model(augment(xf, natural, generator)), yf)
     return list(torch.autograd.grad(loss, params))
@@ -137,7 +150,7 @@ def trim(
 ) -> tuple[kernels.Threshold, int]:
     """Stage 2: one global threshold over ALL parameters, applied to eligible ones only."""
     params = list(model.parameters())
-    trim_names = {n for n, _ in matching(model, cfg.trim_layers or default_patterns(layers))}
+    trim_names = {n for n, _ in matching(model, cfg.trim_layers or default_patterns(layers), "--trim-layers")}
     inits = init_specs(model, trim_names, cfg.init)
     with torch.no_grad():
         threshold = kernels.snip_threshold(params, grad_sums, cfg.trim_ratio, backend=backend)
@@ -155,17 +168,20 @@ class Scissorhands(Method):
         super().preset(name)
         return REFERENCE if name == "reference" else MEASURED_DEFAULTS[(model_size, forget_kind)]
 
+    def layers(self, model: nn.Module, cfg: ScissorhandsConfig) -> dict[str, list[str]]:
+        return layer_selection(model, cfg)
+
     def unlearn(self, model: nn.Module, data: UnlearnData, cfg: ScissorhandsConfig, generator: torch.Generator, *,
                 on_epoch: Callable[[dict], None] | None, backend: str | None) -> tuple[list[dict], dict]:
         natural = data.dataset.natural_images
         xf, yf, xr, yr = data.x_forget, data.y_forget, data.x_retain, data.y_retain
         layers = late_layers(model)
+        projected = self.layers(model, cfg)["project"]  # checks every pattern before any work
         grad_sums = sensitivity(model, data, cfg, generator, backend)
         threshold, trimmed = trim(model, grad_sums, cfg, layers, generator, backend)
         del grad_sums
 
         # Stage 3: repair with projected gradients.
-        projected = [n for n, _ in matching(model, cfg.project_layers or default_patterns(layers))]
         projection = GradientProjection(model, projected, strength=cfg.projection_strength, eps=cfg.projection_eps,
                                         scope=cfg.projection_scope, every=cfg.project_every, backend=backend)
 

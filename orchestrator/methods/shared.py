@@ -15,14 +15,25 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
-from orchestrator.errors import need, need_positive_ints
+from orchestrator.errors import UserError, need, need_positive_ints
 from orchestrator.methods import Method
 from orchestrator.training import augment, batches, check_finite
 
 
-def matching(model: nn.Module, patterns: tuple[str, ...]) -> list[tuple[str, nn.Parameter]]:
-    regex = [re.compile(p) for p in patterns]
-    return [(n, p) for n, p in model.named_parameters() if any(r.search(n) for r in regex)]
+def matching(model: nn.Module, patterns: tuple[str, ...], flag: str = "layer pattern") -> list[tuple[str, nn.Parameter]]:
+    """The parameters whose names match any regex; a regex matching none is an error (``flag`` names it)."""
+    named = list(model.named_parameters())
+    regex = []
+    for pattern in patterns:
+        try:
+            regex.append(re.compile(pattern))
+        except re.error as exc:
+            raise UserError(f"{flag} {pattern!r}: not a regular expression ({exc})") from None
+        if not any(regex[-1].search(n) for n, _ in named):
+            names = [n for n, _ in named]
+            raise UserError(f"{flag} {pattern!r} matches no parameter of the model; its parameters: "
+                            f"{', '.join(names[:6])}{f' ... ({len(names)} in all)' if len(names) > 6 else ''}")
+    return [(n, p) for n, p in named if any(r.search(n) for r in regex)]
 
 
 def init_specs(model: nn.Module, trim_names: set[str], init: str) -> list[kernels.InitSpec | None]:

@@ -97,8 +97,16 @@ class SweepSpec(BaseModel):
     method: str | None = None  # default: the task's default method
     dataset: str = "mnist5k"
     data_dir: str | None = None
+    image_size: int | None = Field(None, ge=1)
+    max_data_gb: float | None = Field(None, gt=0)
+    image_column: str = "image"
+    label_column: str = "label"
+    id_column: str = "id"
     model: str = "resnet8"
+    code_dir: str | None = None  # shipped to every Ray worker (runtime environment)
     width: int | None = Field(None, ge=1)
+    original: str | None = None  # the user's weights, resolved once into the references
+    retrain: str = "train"  # train | PATH or URI | none
     forget: str
     split_seed: int = 0
     preset: str = "auto"
@@ -151,6 +159,10 @@ class SweepSpec(BaseModel):
             if obj.metric not in task.metrics:
                 raise ValueError(f"unknown metric {obj.metric!r} for task {self.task}; "
                                  f"allowed: {', '.join(task.metrics)}")
+            if self.retrain == "none" and obj.metric in task.gap_metrics:
+                raw = [m for m in task.metrics if m not in task.gap_metrics]
+                raise ValueError(f"objective {obj.metric!r} is a gap to the retrain model, and retrain: none has "
+                                 f"no retrain model; use raw metrics: {', '.join(raw)}")
         if len({o.metric for o in self.objectives}) != len(self.objectives):
             raise ValueError("an objective metric is listed twice")
         both = sorted(set(self.fixed) & set(self.search))
@@ -203,7 +215,8 @@ class SweepSpec(BaseModel):
 
 
 # Run-config keys of a search space; a task uses those in its ``spec_fields``.
-RUN_KEYS = {"dataset", "data_dir", "model", "width", "forget", "split_seed", "kernels"}
+RUN_KEYS = {"dataset", "data_dir", "image_size", "max_data_gb", "image_column", "label_column", "id_column", "model",
+            "code_dir", "width", "original", "retrain", "forget", "split_seed", "kernels"}
 
 
 def run_settings(task) -> tuple[str, ...]:

@@ -31,12 +31,12 @@ def build_references(spec: SweepSpec, cache_dir: Path, progress: bool) -> dict[i
 
 
 def markers(spec: SweepSpec, refs: dict[int, dict]) -> dict[str, dict[str, float]]:
-    """Original and retrain as points in objective space (gap metrics: retrain is 0): the mean
-    over seeds, and ``<metric>_ci95`` their seed spread."""
+    """Original and retrain (where there is one) as points in objective space (gap metrics:
+    retrain is 0): the mean over seeds, and ``<metric>_ci95`` their seed spread."""
     task = spec.task_contract
     out = {}
-    for role in ("original", "retrain") if refs else ():
-        rows = [task.marker(r[role], r["retrain"]) for r in refs.values()]
+    for role in next(iter(refs.values())) if refs else ():
+        rows = [task.marker(r[role], r.get("retrain")) for r in refs.values()]
         out[role] = {}
         for key in rows[0]:
             s = summarize(m[key] for m in rows)
@@ -46,11 +46,12 @@ def markers(spec: SweepSpec, refs: dict[int, dict]) -> dict[str, dict[str, float
 
 def reference_point(spec: SweepSpec, markers: dict[str, dict[str, float]], observed: np.ndarray) -> list[float]:
     """Hypervolume reference: each objective as the retrain model scores it; for a gap metric
-    (0 for retrain by definition) the original model's gap instead; for a metric the
-    references do not have (RTE_s) the worst value observed in the sweep."""
+    (0 for retrain by definition), or without a retrain model, the original model's value
+    instead; for a metric the references do not have (RTE_s) the worst value observed."""
     point = []
     for j, obj in enumerate(spec.objectives):
-        role = "original" if obj.metric in spec.task_contract.gap_metrics else "retrain"
+        gap = obj.metric in spec.task_contract.gap_metrics
+        role = "original" if gap or "retrain" not in markers else "retrain"
         value = markers.get(role, {}).get(obj.metric, math.nan)
         if math.isnan(value):
             value = float(np.nanmax(observed[:, j]) if obj.direction == "min" else np.nanmin(observed[:, j]))

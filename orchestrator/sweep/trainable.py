@@ -72,6 +72,8 @@ def run_trial(searched: dict, ctx: TrialContext) -> dict:
         metrics = aggregate([r.metrics for r in runs])
         client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
         tracking.log_model(client, run_id, runs[0].model)
+        if runs[0].layers:  # the trimmed / projected parameters, named
+            client.log_dict(run_id, runs[0].layers, "layers.json")
         for path in (p for r in runs for p in r.artifacts):
             client.log_artifact(run_id, path, "samples")
         client.set_terminated(run_id, "FINISHED")

@@ -103,10 +103,12 @@ def _tuner(spec: SweepSpec, paths: SweepPaths, tune_dir: Path, ctx: TrialContext
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
+        # The user's model code reaches every node through the runtime environment.
+        runtime_env = {"working_dir": spec.code_dir} if spec.code_dir else None
         if address:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
         else:
-            ray.init(include_dashboard=False, log_to_driver=False)
+            ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
     run = tune.with_resources(tune.with_parameters(trainable, ctx=ctx),
                               {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     if resume:

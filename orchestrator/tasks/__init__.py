@@ -39,6 +39,7 @@ class SeedRun:
     model: nn.Module
     forget_digest: str
     artifacts: list[str]
+    layers: dict[str, list[str]]  # the parameters the method chose to change (logged with the trial)
 
 
 class Task(ABC):
@@ -74,7 +75,7 @@ class Task(ABC):
         result = self.run(cfg, cache_dir, progress=progress, on_epoch=on_epoch, artifact_dir=artifact_dir,
                           build=build)
         return SeedRun(self.trial_metrics(result.report), result.model, result.extras["forget_digest"],
-                       result.extras.get("artifacts", []))
+                       result.extras.get("artifacts", []), result.report.get("layers", {}))
 
     @abstractmethod
     def trial_metrics(self, report: dict) -> dict[str, float]:
@@ -104,7 +105,7 @@ class Task(ABC):
     def summary(self, metrics: dict[str, dict | None]) -> dict[str, float]:
         return {}
 
-    def marker(self, metrics: dict, retrain: dict) -> dict[str, float]:
+    def marker(self, metrics: dict, retrain: dict | None) -> dict[str, float]:
         """A reference model as a point in objective space (no RTE)."""
         return self.trial_metrics(self.report({"original": metrics, "retrain": retrain, "unlearned": metrics},
                                               math.nan, None))

@@ -11,8 +11,8 @@ from orchestrator.config import RunConfig
 from orchestrator.data import ForgetSpec, UnlearnData, load_dataset, split_forget
 from orchestrator.evaluation import CORE_METRICS, MIA_VARIANTS, avg_gap, evaluate
 from orchestrator.methods import get_method
-from orchestrator.models import model_info
-from orchestrator.references import References, get_references, reference_metrics
+from orchestrator.models import model_size
+from orchestrator.references import References, get_references, make_model, reference_metrics
 from orchestrator.tasks import Task, TrialResult
 
 GAP_METRICS = ("avg_gap", "forget_gap", "retain_gap", *(f"gap_{k}" for k in CORE_METRICS))
@@ -20,10 +20,20 @@ GAP_METRICS = ("avg_gap", "forget_gap", "retain_gap", *(f"gap_{k}" for k in CORE
 
 def prepare(cfg: RunConfig) -> UnlearnData:
     """The run's data split; everything cheap is validated first, so bad input fails before any training."""
-    model_info(cfg.model)
     cfg.validate()
     forget = ForgetSpec.parse(cfg.forget)
-    return split_forget(load_dataset(cfg.dataset, cfg.data_dir, cfg.split_seed), forget, cfg.seed)
+    dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.split_seed, **cfg.data_options())
+    return split_forget(dataset, forget, cfg.seed)
+
+
+def chosen_layers(cfg: RunConfig, data: UnlearnData, show: bool) -> dict[str, list[str]]:
+    """The parameters the method trims / projects, on a fresh model: a factory that raises or a
+    pattern that matches nothing fails before any reference is built or cached."""
+    layers = get_method(cfg.method).layers(make_model(cfg, data.dataset), cfg.knobs)
+    if show:
+        for role, names in layers.items():
+            print(f"{role} layers ({len(names)} parameters): {', '.join(names)}", flush=True)
+    return layers
 
 
 class Classification(Task):
@@ -44,22 +54,29 @@ class Classification(Task):
     baseline_metrics = ("avg_gap_original",)
     utility_metric = "RA"
     spec_recipes = {"recipe": "recipe"}
-    spec_fields = ("dataset", "data_dir", "model", "width", "forget", "split_seed", "kernels")
+    spec_fields = ("dataset", "data_dir", "image_size", "max_data_gb", "image_column", "label_column", "id_column",
+                   "model", "code_dir", "width", "original", "retrain", "forget", "split_seed", "kernels")
 
     def preset_context(self, cfg: RunConfig) -> dict[str, str]:
-        return {"model_size": model_info(cfg.model).size, "forget_kind": ForgetSpec.parse(cfg.forget).kind}
+        kind = ForgetSpec.parse(cfg.forget).kind
+        # A deletion list is a set of individual samples: the presets of a random forget set.
+        return {"model_size": model_size(cfg.model), "forget_kind": "random" if kind == "ids" else kind}
 
     def build_references(self, cfg: RunConfig, cache_dir: Path, progress: bool = True) -> dict[str, dict]:
         data = prepare(cfg)
+        chosen_layers(cfg, data, show=False)
         refs = get_references(cfg, data, cache_dir, progress=progress)
-        return {role: self.core(reference_metrics(getattr(refs, role), data)) for role in ("original", "retrain")}
+        return {role: self.core(reference_metrics(ref, data))
+                for role, ref in (("original", refs.original), ("retrain", refs.retrain)) if ref is not None}
 
     def run(self, cfg: RunConfig, cache_dir: Path, *, progress: bool = True,
             on_epoch: Callable[[dict], None] | None = None, artifact_dir: Path | None = None, build: bool = True,
             data: UnlearnData | None = None, references: References | None = None) -> TrialResult:
         data = data or prepare(cfg)
+        layers = chosen_layers(cfg, data, show=progress)
         refs = references or get_references(cfg, data, cache_dir, progress, build=build)
-        metrics = {"original": reference_metrics(refs.original, data), "retrain": reference_metrics(refs.retrain, data)}
+        metrics = {"original": reference_metrics(refs.original, data),
+                   "retrain": reference_metrics(refs.retrain, data) if refs.retrain is not None else None}
 
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
@@ -69,19 +86,29 @@ class Classification(Task):
         self.check_collapse(metrics["original"], metrics["unlearned"], len(torch.unique(data.y_retain)),
                             "lower --lr, --forget-weight or --trim-ratio")
         report = self.report(metrics, result.seconds, cfg)
+        report["forget_set"] = {"spec": str(data.forget), "size": len(data.forget_idx),
+                                "digest": data.forget_digest(), "ids": data.forget_ids()}
+        if data.dataset.classes:
+            report["classes"] = list(data.dataset.classes)
+        if layers:
+            report["layers"] = layers
         extras = {**metrics, **result.stats, "forget_digest": data.forget_digest()}
         return TrialResult(report, result.model, result.history, extras)
 
     def summary(self, metrics: dict[str, dict | None]) -> dict[str, float]:
         retrain = metrics["retrain"]
+        if retrain is None:  # --retrain none: no gap to measure
+            return {}
         return {"avg_gap": round(avg_gap(metrics["unlearned"], retrain), 4),
                 "avg_gap_original": round(avg_gap(metrics["original"], retrain), 4)}
 
     def trial_metrics(self, report: dict) -> dict[str, float]:
         """The contract's values plus gaps to retrain, and the untouched original's Avg. Gap on
-        the same seed (for the paired comparison)."""
+        the same seed (for the paired comparison); raw metrics only without a retrain model."""
         u, rt = report["unlearned"], report["retrain"]
         m = {k: float(u[k]) for k in (*CORE_METRICS, "RTE_s")}
+        if rt is None:
+            return m
         m["avg_gap"] = float(report["avg_gap"])
         m["avg_gap_original"] = float(report["avg_gap_original"])
         for k in CORE_METRICS:
@@ -94,10 +121,14 @@ class Classification(Task):
         lines = [f"{'model':<10} {'UA':>7} {'RA':>7} {'TA':>7} {'MIA':>7} {'RTE_s':>8}"]
         for role in ("original", "retrain", "unlearned"):
             m = report[role]
+            if m is None:
+                lines.append(f"{role:<10} {'(none: no gap metrics)':>37}")
+                continue
             rte = f"{m['RTE_s']:>8.1f}" if "RTE_s" in m else f"{'':>8}"
             lines.append(f"{role:<10} {m['UA']:>7.2f} {m['RA']:>7.2f} {m['TA']:>7.2f} {m['MIA']:>7.2f} {rte}")
-        lines.append(f"Avg. Gap vs retrain: unlearned {report['avg_gap']:.3f}, "
-                     f"original {report['avg_gap_original']:.3f}")
+        if "avg_gap" in report:
+            lines.append(f"Avg. Gap vs retrain: unlearned {report['avg_gap']:.3f}, "
+                         f"original {report['avg_gap_original']:.3f}")
         return "\n".join(lines)
 
 
