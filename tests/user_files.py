@@ -25,14 +25,14 @@ class TinyNet(nn.Module):
         self.norm = nn.GroupNorm(1, 8)
         self.block = nn.Conv2d(8, 16, 3, stride=2, padding=1)
         self.mix = nn.Conv2d(16, 16, 3, padding=1)
-        self.ln = nn.LayerNorm(16)
-        self.head = nn.Linear(16, num_classes)
+        self.ln = nn.LayerNorm(16 * 4 * 4)
+        self.head = nn.Linear(16 * 4 * 4, num_classes)
 
     def forward(self, x):
         x = torch.relu(self.norm(self.stem(x)))
         x = torch.relu(self.block(x))
         x = torch.relu(self.mix(x))
-        return self.head(self.ln(x.mean(dim=(2, 3))))
+        return self.head(self.ln(nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)))
 
 
 def build(in_channels, num_classes):

@@ -26,14 +26,10 @@ def prepare(cfg: RunConfig) -> UnlearnData:
     return split_forget(dataset, forget, cfg.seed)
 
 
-def chosen_layers(cfg: RunConfig, data: UnlearnData, show: bool) -> dict[str, list[str]]:
+def chosen_layers(cfg: RunConfig, data: UnlearnData) -> dict[str, list[str]]:
     """The parameters the method trims / projects, on a fresh model: a factory that raises or a
     pattern that matches nothing fails before any reference is built or cached."""
-    layers = get_method(cfg.method).layers(make_model(cfg, data.dataset), cfg.knobs)
-    if show:
-        for role, names in layers.items():
-            print(f"{role} layers ({len(names)} parameters): {', '.join(names)}", flush=True)
-    return layers
+    return get_method(cfg.method).layers(make_model(cfg, data.dataset), cfg.knobs)
 
 
 class Classification(Task):
@@ -64,7 +60,7 @@ class Classification(Task):
 
     def build_references(self, cfg: RunConfig, cache_dir: Path, progress: bool = True) -> dict[str, dict]:
         data = prepare(cfg)
-        chosen_layers(cfg, data, show=False)
+        chosen_layers(cfg, data)
         refs = get_references(cfg, data, cache_dir, progress=progress)
         return {role: self.core(reference_metrics(ref, data))
                 for role, ref in (("original", refs.original), ("retrain", refs.retrain)) if ref is not None}
@@ -73,7 +69,9 @@ class Classification(Task):
             on_epoch: Callable[[dict], None] | None = None, artifact_dir: Path | None = None, build: bool = True,
             data: UnlearnData | None = None, references: References | None = None) -> TrialResult:
         data = data or prepare(cfg)
-        layers = chosen_layers(cfg, data, show=progress)
+        layers = chosen_layers(cfg, data)
+        for role, names in layers.items():  # at the start: a user sees what will change before it does
+            print(f"{role} layers ({len(names)} parameters): {', '.join(names)}", flush=True)
         refs = references or get_references(cfg, data, cache_dir, progress, build=build)
         metrics = {"original": reference_metrics(refs.original, data),
                    "retrain": reference_metrics(refs.retrain, data) if refs.retrain is not None else None}

@@ -1,0 +1,214 @@
+"""A user's own model, weights, data and deletion list, through the CLI as a user runs it:
+a model module the tool has never seen, trained outside the tool, on an image folder and a
+Parquet table of real digits, unlearning a list of sample ids."""
+import json
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+import ray
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from orchestrator.cli import main
+from orchestrator.sweep.results import ResultsTable
+from tests.user_files import digits, write_imagefolder, write_model_module, write_parquet
+
+EPOCHS = ["--epochs", "2", "--train-epochs", "3", "--no-progress"]
+
+
+def train_outside_the_tool(code_dir, classes: int = 3):
+    """What a user did before: train their model on [0, 1] images normalised per channel with
+    the training split's mean and std (the documented contract)."""
+    sys.path.insert(0, str(code_dir))
+    import usernet
+
+    (x, y), _ = digits()
+    x = torch.from_numpy(x).float().div(255)[:, None]
+    x = (x - x.mean()) / x.std()
+    torch.manual_seed(0)
+    model = usernet.build(in_channels=1, num_classes=classes)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    y = torch.from_numpy(y)
+    for _ in range(15):
+        for idx in torch.randperm(len(y)).split(60):
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = 100 * (model(x).argmax(1) == y).float().mean().item()
+    return model, acc
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    """Everything a user brings, written once for the module."""
+    root = tmp_path_factory.mktemp("user")
+    write_model_module(root / "code")
+    model, acc = train_outside_the_tool(root / "code")
+    save_file(model.state_dict(), root / "weights.safetensors")
+    ids = write_imagefolder(root / "images")
+    parquet_ids = write_parquet(root / "digits.parquet")
+    deleted = ids[5:65:6]  # ten samples of two classes
+    (root / "delete.txt").write_text("\n".join(deleted) + "\n")
+    (root / "delete_parquet.txt").write_text("\n".join(parquet_ids[5:65:6]) + "\n")
+    return {"root": root, "train_acc": acc, "deleted": deleted}
+
+
+def unlearn(user, tmp_path, *extra, json_name="out.json"):
+    r = user["root"]
+    argv = ["unlearn", "--model", "usernet:build", "--code-dir", str(r / "code"),
+            "--original", str(r / "weights.safetensors"), "--dataset", f"imagefolder:{r / 'images'}",
+            "--forget", f"ids:{r / 'delete.txt'}", "--cache-dir", str(tmp_path / "cache"),
+            "--json", str(tmp_path / json_name), *EPOCHS, *extra]
+    return main(argv)
+
+
+@pytest.mark.slow
+def test_unlearn_a_user_model_with_retrain_and_without(user, tmp_path, capsys, monkeypatch):
+    log = tmp_path / "builds.log"
+    monkeypatch.setenv("SCISSORHANDS_BUILD_LOG", str(log))
+    assert unlearn(user, tmp_path, "--retrain", "train", json_name="train.json") == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "train.json").read_text())
+    # The user's weights are the original: evaluated as trained outside (RA is the training
+    # accuracy on the retain part), never trained again; the retrain model is built once.
+    assert abs(report["original"]["RA"] - user["train_acc"]) < 3
+    assert report["original"]["UA"] < 10, "the original model should know the samples it was trained on"
+    assert sorted(log.read_text().split()[::2]) == ["original", "retrain"]
+    assert set(report) >= {"original", "retrain", "unlearned", "avg_gap", "avg_gap_original", "forget_set", "layers"}
+    assert sorted(report["forget_set"]["ids"]) == sorted(user["deleted"]) and report["forget_set"]["size"] == 10
+    assert report["classes"] == ["one", "two", "zero"]
+    # Layers: the last third of conv / linear (mix, head) and the head; normalisation never trimmed.
+    assert report["layers"]["trim"] == ["net.mix.weight", "net.mix.bias", "net.head.weight", "net.head.bias"]
+    assert "trim layers (4 parameters): net.mix.weight" in out and "Avg. Gap" in out
+
+    # No retrain model: raw metrics only, the same original, nothing else trained.
+    assert unlearn(user, tmp_path, "--retrain", "none", json_name="none.json") == 0
+    table = capsys.readouterr().out
+    none = json.loads((tmp_path / "none.json").read_text())
+    assert none["retrain"] is None and "avg_gap" not in none and none["original"] == report["original"]
+    assert "(none: no gap metrics)" in table and "Avg. Gap" not in table
+    assert len(log.read_text().splitlines()) == 2
+    assert none["forget_set"]["digest"] == report["forget_set"]["digest"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_factory", "--model usernet:nope: module usernet"),
+    ("factory_raises", "--model usernet:broken: the factory raised RuntimeError: no GPU found"),
+    ("no_module", "--model nomodule:build: cannot import module 'nomodule'"),
+    ("wrong_shape", "does not fit the model: key 'head.weight' has shape [5, 256] in the checkpoint, [3, 256] in the model"),
+    ("wrong_keys", "does not fit the model: missing key 'head.weight' (the model's shape [3, 256]); unexpected key 'fc.weight'"),
+    ("unknown_ids", "1 id(s) not in the training split: train/zero/9999.png"),
+    ("empty_folder", "no images"),
+    ("corrupt_image", "is not a readable image"),
+    ("bad_parquet", "not a readable Parquet file"),
+    ("bad_regex", "--trim-layers 'layer4' matches no parameter of the model"),
+    ("norm_only", "matches only normalisation parameters"),
+])
+def test_bad_user_input_is_one_line_exit_2_and_writes_nothing(user, tmp_path, capsys, case, message):
+    r = user["root"]
+    extra = []
+    if case == "missing_factory":
+        extra = ["--model", "usernet:nope"]
+    elif case == "factory_raises":
+        extra = ["--model", "usernet:broken"]
+    elif case == "no_module":
+        extra = ["--model", "nomodule:build"]
+    elif case in ("wrong_shape", "wrong_keys"):
+        sys.path.insert(0, str(r / "code"))
+        import usernet
+
+        state = usernet.build(in_channels=1, num_classes=5 if case == "wrong_shape" else 3).state_dict()
+        if case == "wrong_keys":
+            state = {k.replace("head.", "fc."): v for k, v in state.items()}
+        save_file(state, tmp_path / "bad.safetensors")
+        extra = ["--original", str(tmp_path / "bad.safetensors")]
+    elif case == "unknown_ids":
+        (tmp_path / "ids.txt").write_text(user["deleted"][0] + "\ntrain/zero/9999.png\n")
+        extra = ["--forget", f"ids:{tmp_path / 'ids.txt'}"]
+    elif case == "empty_folder":
+        (tmp_path / "empty" / "train" / "zero").mkdir(parents=True)
+        extra = ["--dataset", f"imagefolder:{tmp_path / 'empty'}"]
+    elif case == "corrupt_image":
+        write_imagefolder(tmp_path / "images", train_per_class=3, test_per_class=1)
+        (tmp_path / "images" / "train" / "one" / "x.png").write_bytes(b"\x89PNG broken")
+        extra = ["--dataset", f"imagefolder:{tmp_path / 'images'}", "--forget", "class:0"]
+    elif case == "bad_parquet":
+        (tmp_path / "d.parquet").write_bytes(b"PAR1 broken")
+        extra = ["--dataset", f"parquet:{tmp_path / 'd.parquet'}", "--forget", "class:0"]
+    elif case == "bad_regex":
+        extra = ["--trim-layers", "layer4"]
+    elif case == "norm_only":
+        extra = ["--trim-layers", r"\.ln\."]
+    assert unlearn(user, tmp_path, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out.json").exists()
+
+
+SPACE = """\
+name: {name}
+dataset: parquet:{root}/digits.parquet
+model: usernet:build
+code_dir: {root}/code
+original: {root}/weights.safetensors
+retrain: {retrain}
+forget: ids:{root}/delete_parquet.txt
+recipe: {{epochs: 1}}
+fixed: {{epochs: 1}}
+search:
+  trim_ratio: {{type: loguniform, low: 0.005, high: 0.1}}
+  lr: {{type: loguniform, low: 0.001, high: 0.02}}
+objectives:
+  - {{metric: {first}, direction: {direction}}}
+  - {{metric: RA, direction: max}}
+trials: 4
+seeds: [0]
+resources: {{cpu: 1}}
+max_concurrent: 2
+"""
+
+
+def test_gap_objective_without_retrain_is_refused_before_ray_starts(user, tmp_path, capsys):
+    space = tmp_path / "gap.yaml"
+    space.write_text(SPACE.format(name="gap", root=user["root"], retrain="none", first="avg_gap", direction="min"))
+    assert main(["sweep", str(space), "--storage", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "objective 'avg_gap' is a gap to the retrain model, and retrain: none has no retrain model" in err
+    assert not (tmp_path / "runs").exists() and not ray.is_initialized()
+
+
+@pytest.mark.slow
+def test_sweep_on_parquet_without_retrain_then_pick_and_load(user, tmp_path, capsys):
+    ray.shutdown()
+    storage = tmp_path / "runs"
+    space = tmp_path / "mine.yaml"
+    space.write_text(SPACE.format(name="mine", root=user["root"], retrain="none", first="UA", direction="max"))
+    try:
+        assert main(["sweep", str(space), "--storage", str(storage), "--no-progress"]) == 0
+    finally:
+        ray.shutdown()
+    capsys.readouterr()
+    df = ResultsTable(storage / "mine" / "results.parquet").read()
+    assert len(df) == 4 and (df["status"] == "ok").all()
+    assert "avg_gap" not in df and {"UA", "RA", "TA", "MIA"} <= set(df.columns)
+    summary = json.loads((storage / "mine" / "summary.json").read_text())
+    assert summary["hypervolume"] >= 0 and len(summary["hypervolume_reference_point"]) == 2
+
+    assert main(["pick", "mine", "--rule", "max-RA", "--storage", str(storage), "--validate-seeds", "1",
+                 "--no-progress", "--json", str(tmp_path / "pick.json")]) == 0
+    chosen = json.loads((tmp_path / "pick.json").read_text())
+    mlflow.set_tracking_uri(chosen["tracking_uri"])
+    model = mlflow.pytorch.load_model(chosen["model_uri"])
+    x = torch.from_numpy(digits()[1][0][:8]).float().div(255)[:, None]
+    assert model(x).shape == (8, 3)
+    version = mlflow.MlflowClient().get_model_version(chosen["registered_model"], str(chosen["version"]))
+    assert len(version.tags["forget_digest"]) == 16
+    layers = mlflow.artifacts.load_dict(f"runs:/{chosen['run_id']}/layers.json")
+    assert "net.head.weight" in layers["trim"]
+    assert np.isfinite(chosen["search"]["RA"])
