@@ -26,7 +26,10 @@ def run(tmp_path, cache, name, *extra):
 @pytest.mark.slow
 def test_classwise_forgetting_erases_the_class_and_keeps_the_rest(tmp_path, shared_cache, capsys):
     report = run(tmp_path, shared_cache, "class", "--forget", "class:3")
-    assert set(report) == {"original", "retrain", "unlearned", "avg_gap", "avg_gap_original", "config"}
+    assert set(report) == {"original", "retrain", "unlearned", "avg_gap", "avg_gap_original", "config", "forget_set",
+                           "layers"}
+    assert report["forget_set"]["size"] == len(report["forget_set"]["ids"]) > 0
+    assert report["layers"]["trim"][-1] == "fc.bias" and not any(".bn" in n for n in report["layers"]["trim"])
     for role in ("original", "retrain"):
         assert set(report[role]) == {"UA", "RA", "TA", "MIA"}
     assert set(report["unlearned"]) == {"UA", "RA", "TA", "MIA", "RTE_s"}
