@@ -203,7 +203,10 @@ def _build_user(name: str, in_channels: int, num_classes: int, code_dir: str | N
 
 def _build_hf(name: str, in_channels: int, num_classes: int) -> nn.Module:
     """A freshly initialised model of the folder's config (its weights are the default original)."""
-    from transformers import AutoConfig, AutoModelForImageClassification
+    try:
+        from transformers import AutoConfig, AutoModelForImageClassification
+    except ImportError:
+        raise UserError(f"--model {name}: needs transformers (pip install 'scissorhands-sweep[hf]')") from None
 
     folder = _hf_folder(name)
     try:

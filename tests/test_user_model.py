@@ -212,3 +212,30 @@ def test_sweep_on_parquet_without_retrain_then_pick_and_load(user, tmp_path, cap
     layers = mlflow.artifacts.load_dict(f"runs:/{chosen['run_id']}/layers.json")
     assert "net.head.weight" in layers["trim"]
     assert np.isfinite(chosen["search"]["RA"])
+
+
+def test_a_local_hugging_face_model_is_the_original_by_default(user, tmp_path, capsys):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3,
+                          layer_type="basic")
+    torch.manual_seed(0)
+    ResNetForImageClassification(config).save_pretrained(tmp_path / "hf")
+    r = user["root"]
+    assert main(["unlearn", "--model", f"hf:{tmp_path / 'hf'}", "--dataset", f"imagefolder:{r / 'images'}",
+                 "--forget", "class:0", "--retrain", "none", "--cache-dir", str(tmp_path / "cache"),
+                 "--json", str(tmp_path / "hf.json"), "--epochs", "1"]) == 0
+    report = json.loads((tmp_path / "hf.json").read_text())
+    assert "net.classifier.1.weight" in report["layers"]["trim"] and report["retrain"] is None
+    # The folder's weights are what was evaluated (not trained): its own predictions give the original's TA.
+    (x, _), (xt, yt) = digits()
+    x = torch.from_numpy(x).float().div(255)
+    keep = yt != 0
+    xt = (torch.from_numpy(xt[keep]).float().div(255)[:, None] - x.mean()) / x.std()
+    with torch.no_grad():
+        pred = ResNetForImageClassification.from_pretrained(tmp_path / "hf").eval()(xt).logits.argmax(1)
+    expected = 100 * (pred == torch.from_numpy(yt[keep])).float().mean().item()
+    assert abs(report["original"]["TA"] - expected) <= 100 / keep.sum() + 1e-6
+    capsys.readouterr()
+    assert main(["unlearn", "--model", f"hf:{tmp_path / 'nope'}", "--cache-dir", str(tmp_path / "c2")]) == 2
+    assert "no config.json" in capsys.readouterr().err and not (tmp_path / "c2").exists()

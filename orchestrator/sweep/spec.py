@@ -231,6 +231,25 @@ def _only(keys, allowed, where: str) -> None:
         raise ValueError(f"unknown {where} key(s) {unknown}; allowed: {', '.join(allowed)}")
 
 
+# Keys that may name a local file or folder, behind these prefixes ("" = the whole value).
+PATH_KEYS = {"dataset": ("npz:", "imagefolder:", "parquet:"), "forget": ("ids:",), "data_dir": ("",),
+             "code_dir": ("",), "original": ("",), "retrain": ("",)}
+
+
+def absolute_paths(raw: dict) -> dict:
+    """Relative paths that exist here, made absolute: trials run in other folders (and nodes)."""
+    out = dict(raw)
+    for key, prefixes in PATH_KEYS.items():
+        value = out.get(key)
+        prefix = next((p for p in prefixes if isinstance(value, str) and value.startswith(p)), None)
+        if prefix is None or value in ("train", "none"):  # retrain's words, not paths
+            continue
+        path = Path(value.removeprefix(prefix))
+        if not path.is_absolute() and path.exists():
+            out[key] = prefix + str(path.resolve())
+    return out
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     """Parse and validate; every problem becomes one UserError line naming file, key and rule."""
     path = Path(path)
@@ -243,7 +262,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not isinstance(raw, dict):
         raise UserError(f"search space {path}: expected a mapping of keys, got {type(raw).__name__}")
     try:
-        spec = SweepSpec.model_validate(raw)
+        spec = SweepSpec.model_validate(absolute_paths(raw))
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
