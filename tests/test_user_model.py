@@ -184,7 +184,7 @@ def test_gap_objective_without_retrain_is_refused_before_ray_starts(user, tmp_pa
 
 
 @pytest.mark.slow
-def test_sweep_on_parquet_without_retrain_then_pick_and_load(user, tmp_path, capsys):
+def test_sweep_on_parquet_without_retrain_then_pick_and_load(user, tmp_path, capsys, monkeypatch):
     ray.shutdown()
     storage = tmp_path / "runs"
     space = tmp_path / "mine.yaml"
@@ -212,6 +212,16 @@ def test_sweep_on_parquet_without_retrain_then_pick_and_load(user, tmp_path, cap
     layers = mlflow.artifacts.load_dict(f"runs:/{chosen['run_id']}/layers.json")
     assert "net.head.weight" in layers["trim"]
     assert np.isfinite(chosen["search"]["RA"])
+
+    # The registered model is a valid --original itself (an MLflow model URI).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chosen["tracking_uri"])
+    r = user["root"]
+    assert main(["unlearn", "--model", "usernet:build", "--code-dir", str(r / "code"), "--original", chosen["model_uri"],
+                 "--dataset", f"parquet:{r / 'digits.parquet'}", "--forget", f"ids:{r / 'delete_parquet.txt'}",
+                 "--retrain", "none", "--epochs", "1", "--cache-dir", str(tmp_path / "cache"),
+                 "--json", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert abs(again["original"]["RA"] - chosen["search"]["RA"]) < 1e-6 + 100 / 170
 
 
 def test_a_local_hugging_face_model_is_the_original_by_default(user, tmp_path, capsys):
