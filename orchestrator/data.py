@@ -16,6 +16,7 @@ import io
 import os
 import pickle
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +144,12 @@ def load_cifar10(data_dir: str | Path) -> Dataset:
     x_tr = np.concatenate([p[0] for p in parts])
     y_tr = np.concatenate([p[1] for p in parts])
     return make_dataset("cifar10", x_tr, y_tr, x_te, y_te, natural=True)
+
+
+def _first(items, n: int = 5) -> str:
+    """The first few items, for error messages."""
+    items = list(items)
+    return ", ".join(map(str, items[:n])) + (f" ... ({len(items)} in all)" if len(items) > n else "")
 
 
 def _npz_nbytes(path: Path) -> int:
@@ -349,6 +356,9 @@ def load_parquet(path: str | Path, test_fraction: float = 0.2, split_seed: int =
     x = decode_images(name, [e[0] for e in every], [e[3] for e in every], image_size, max_gb)
     y = np.concatenate([part[1] for part in parts.values()])
     ids = [e[2] for e in every]
+    repeated = [i for i, n in Counter(ids).items() if n > 1]
+    if repeated:
+        raise UserError(f"--dataset {name}: id column {id_column!r} repeats ids: {_first(repeated)}")
     common = dict(natural=x.shape[1] == 3)
     if "all" in parts:
         return _seeded_split(name, x, y, ids, test_fraction, split_seed, **common)
@@ -391,11 +401,6 @@ FORGET_KINDS = ("random:FRACTION (e.g. random:0.1), mislabeled:FRACTION (e.g. mi
                 "(e.g. class:3 or class:3,5) or ids:FILE (one sample id a line, or a CSV / Parquet id column)")
 
 
-def _first(items, n: int = 5) -> str:
-    items = list(items)
-    return ", ".join(map(str, items[:n])) + (f" ... ({len(items)} in all)" if len(items) > n else "")
-
-
 def read_ids(text: str, path: Path) -> tuple[str, ...]:
     """A deletion list: one id a line, or the ``id`` column of a CSV / Parquet file."""
     if not path.is_file():
@@ -422,13 +427,9 @@ def read_ids(text: str, path: Path) -> tuple[str, ...]:
         raise UserError(f"--forget {text}: unreadable ({type(exc).__name__})") from None
     if not ids:
         raise UserError(f"--forget {text}: the list is empty")
-    seen, duplicates = set(), []
-    for i in ids:
-        if i in seen:
-            duplicates.append(i)
-        seen.add(i)
+    duplicates = [i for i, n in Counter(ids).items() if n > 1]
     if duplicates:
-        raise UserError(f"--forget {text}: duplicate ids: {_first(dict.fromkeys(duplicates))}")
+        raise UserError(f"--forget {text}: duplicate ids: {_first(duplicates)}")
     return tuple(ids)
 
 

@@ -89,6 +89,10 @@ def test_unreadable_parquet_and_bad_columns(tmp_path):
         load_dataset(f"parquet:{tmp_path / 's.parquet'}")
     with pytest.raises(UserError, match="file not found"):
         load_dataset(f"parquet:{tmp_path / 'missing.parquet'}")
+    image = png(np.zeros((4, 4), np.uint8))
+    pq.write_table(pa.table({"image": [image] * 3, "label": [0, 1, 0], "id": ["a", "b", "a"]}), tmp_path / "r.parquet")
+    with pytest.raises(UserError, match="id column 'id' repeats ids: a"):
+        load_dataset(f"parquet:{tmp_path / 'r.parquet'}")
 
 
 def test_deletion_lists_select_exactly_the_listed_samples(tmp_path):
