@@ -350,15 +350,16 @@ def load_parquet(path: str | Path, test_fraction: float = 0.2, split_seed: int =
         if any(not isinstance(img, bytes) for img in images):
             raise UserError(f"--dataset {name}: image column {image_column!r} must hold encoded image bytes")
         parts[split] = (images, labels, ids, where)
-    if len(parts["train" if "train" in parts else "all"][1]) == 0:
+    train = parts["train" if "train" in parts else "all"]
+    if len(train[1]) == 0:
         raise UserError(f"--dataset {name}: no training rows")
+    repeated = [i for i, n in Counter(train[2]).items() if n > 1]
+    if repeated:  # a deletion list could not say which sample it means
+        raise UserError(f"--dataset {name}: id column {id_column!r} repeats ids: {_first(repeated)}")
     every = [p for part in parts.values() for p in zip(*part)]
     x = decode_images(name, [e[0] for e in every], [e[3] for e in every], image_size, max_gb)
     y = np.concatenate([part[1] for part in parts.values()])
     ids = [e[2] for e in every]
-    repeated = [i for i, n in Counter(ids).items() if n > 1]
-    if repeated:
-        raise UserError(f"--dataset {name}: id column {id_column!r} repeats ids: {_first(repeated)}")
     common = dict(natural=x.shape[1] == 3)
     if "all" in parts:
         return _seeded_split(name, x, y, ids, test_fraction, split_seed, **common)
