@@ -73,7 +73,8 @@ def test_imagefolder_errors(tmp_path, case, message):
     if case == "corrupt":
         (root / "train" / "one" / "bad.png").write_bytes(b"not an image")
     if case == "truncated":
-        (root / "train" / "one" / "cut.png").write_bytes(png(np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8))[:300])
+        noise = np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)
+        (root / "train" / "one" / "cut.png").write_bytes(png(noise)[:300])
     if case == "sizes":
         (root / "train" / "one" / "big.png").write_bytes(png(np.zeros((32, 32), np.uint8)))
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -100,8 +100,10 @@ def test_unlearn_a_user_model_with_retrain_and_without(user, tmp_path, capsys, m
     ("missing_factory", "--model usernet:nope: module usernet"),
     ("factory_raises", "--model usernet:broken: the factory raised RuntimeError: no GPU found"),
     ("no_module", "--model nomodule:build: cannot import module 'nomodule'"),
-    ("wrong_shape", "does not fit the model: key 'head.weight' has shape [5, 256] in the checkpoint, [3, 256] in the model"),
-    ("wrong_keys", "does not fit the model: missing key 'head.weight' (the model's shape [3, 256]); unexpected key 'fc."),
+    ("wrong_shape", "does not fit the model: key 'head.weight' has shape [5, 256] in the checkpoint, [3, 256] in "
+                    "the model"),
+    ("wrong_keys", "does not fit the model: missing key 'head.weight' (the model's shape [3, 256]); unexpected "
+                   "key 'fc."),
     ("unknown_ids", "1 id(s) not in the training split: train/zero/9999.png"),
     ("empty_folder", "no images"),
     ("corrupt_image", "is not a readable image"),
@@ -216,7 +218,8 @@ def test_sweep_on_parquet_without_retrain_then_pick_and_load(user, tmp_path, cap
     # The registered model is a valid --original itself (an MLflow model URI).
     monkeypatch.setenv("MLFLOW_TRACKING_URI", chosen["tracking_uri"])
     r = user["root"]
-    assert main(["unlearn", "--model", "usernet:build", "--code-dir", str(r / "code"), "--original", chosen["model_uri"],
+    assert main(["unlearn", "--model", "usernet:build", "--code-dir", str(r / "code"),
+                 "--original", chosen["model_uri"],
                  "--dataset", f"parquet:{r / 'digits.parquet'}", "--forget", f"ids:{r / 'delete_parquet.txt'}",
                  "--retrain", "none", "--epochs", "1", "--cache-dir", str(tmp_path / "cache"),
                  "--json", str(tmp_path / "again.json")]) == 0

@@ -98,7 +98,7 @@ def write_parquet(path: Path, **kwargs) -> list[str]:
     """One Parquet file as Hugging Face writes an image dataset (image = struct of bytes and
     path, integer label), plus an ``id`` and a ``split`` column; returns the training ids."""
     (x, y), (xt, yt) = digits(**kwargs)
-    rows = [("train", image, label) for image, label in zip(x, y)] + [("test", image, label) for image, label in zip(xt, yt)]
+    rows = [("train", *row) for row in zip(x, y)] + [("test", *row) for row in zip(xt, yt)]
     ids = [f"{split}-{i:05d}" for i, (split, _, _) in enumerate(rows)]
     table = pa.table({
         "image": [{"bytes": png(image), "path": None} for _, image, _ in rows],

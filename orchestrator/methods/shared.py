@@ -20,7 +20,8 @@ from orchestrator.methods import Method
 from orchestrator.training import augment, batches, check_finite
 
 
-def matching(model: nn.Module, patterns: tuple[str, ...], flag: str = "layer pattern") -> list[tuple[str, nn.Parameter]]:
+def matching(model: nn.Module, patterns: tuple[str, ...],
+             flag: str = "layer pattern") -> list[tuple[str, nn.Parameter]]:
     """The parameters whose names match any regex; a regex matching none is an error (``flag`` names it)."""
     named = list(model.named_parameters())
     regex = []
