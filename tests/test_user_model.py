@@ -252,3 +252,17 @@ def test_a_local_hugging_face_model_is_the_original_by_default(user, tmp_path, c
     capsys.readouterr()
     assert main(["unlearn", "--model", f"hf:{tmp_path / 'nope'}", "--cache-dir", str(tmp_path / "c2")]) == 2
     assert "no config.json" in capsys.readouterr().err and not (tmp_path / "c2").exists()
+
+
+def test_relative_paths_in_a_search_space_are_taken_from_where_the_sweep_starts(user, tmp_path, monkeypatch):
+    from orchestrator.sweep.spec import load_spec
+
+    monkeypatch.chdir(user["root"])
+    space = tmp_path / "rel.yaml"
+    text = SPACE.format(name="rel", root=".", retrain="train", first="UA", direction="max")
+    space.write_text(text.replace("./", ""))
+    spec = load_spec(space)
+    root = str(user["root"].resolve())
+    assert spec.dataset == f"parquet:{root}/digits.parquet" and spec.forget == f"ids:{root}/delete_parquet.txt"
+    assert spec.code_dir == f"{root}/code" and spec.original == f"{root}/weights.safetensors"
+    assert spec.retrain == "train"
