@@ -67,12 +67,11 @@ def cmd_unlearn(args, task, method) -> int:
     return 0
 
 
-def _storage(args) -> Path:
-    # The reference cache, Parquet table and file locks need POSIX files that every node shares.
-    if "://" in str(args.storage):
-        raise UserError(f"--storage {args.storage!r}: object-store URIs are not supported; give a path every "
-                        "node mounts (NFS, EFS, Filestore, or the bucket through s3fs / gcsfuse)")
-    return Path(args.storage)
+def _storage(args):
+    """--storage as a store: a folder, or a bucket mirrored on this machine."""
+    from orchestrator.sweep.store import SweepStore
+
+    return SweepStore(args.storage)
 
 
 def cmd_sweep(args) -> int:
@@ -84,17 +83,19 @@ def cmd_sweep(args) -> int:
         raise UserError(f"--trials {args.trials}: must be >= 1")
     from orchestrator.sweep.tuner import run_sweep
 
+    if args.resource_wait < 0:
+        raise UserError(f"--resource-wait {args.resource_wait}: must be >= 0 seconds")
+    store = _storage(args)
     summary = run_sweep(
-        spec, storage=_storage(args), trials=args.trials, name=args.name, address=args.address,
+        spec, storage=store, trials=args.trials, name=args.name, address=args.address,
         tracking_uri=args.tracking_uri, resume=args.resume, progress=not args.no_progress,
-        spec_text=Path(args.space).read_text(),
+        spec_text=Path(args.space).read_text(), resource_wait_s=args.resource_wait,
     )
     name = args.name or spec.name
-    print(format_frontier(_storage(args), name))
-    root = _storage(args) / name
-    print(f"\nresults: {root / 'results.parquet'}")
+    print(format_frontier(store.root, name))
+    print(f"\nresults: {store.uri(f'{name}/results.parquet')}")
     for plot in summary.get("plots", []):
-        print(f"plot:    {plot}")
+        print(f"plot:    {store.uri(f'{name}/{Path(plot).name}')}")
     if "hypervolume" in summary:
         print(f"hypervolume: {summary['hypervolume']:.4g} (reference point {summary['hypervolume_reference_point']})")
     print(f"dashboard: scissorhands ui --storage {args.storage}   (then open http://127.0.0.1:5000)")
@@ -104,7 +105,9 @@ def cmd_sweep(args) -> int:
 def cmd_frontier(args) -> int:
     from orchestrator.sweep.frontier_table import format_frontier
 
-    print(format_frontier(_storage(args), args.name, show_all=args.all))
+    store = _storage(args)
+    store.pull_results(args.name)
+    print(format_frontier(store.root, args.name, show_all=args.all))
     return 0
 
 
@@ -115,10 +118,15 @@ def cmd_pick(args) -> int:
 
     if args.json and not Path(args.json).parent.exists():
         raise UserError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
-    chosen, table = pick(_storage(args), args.name, args.rule, args.where or [], alias=args.alias,
+    store = _storage(args)
+    store.pull_results(args.name)
+    references = f"{args.name}/references"
+    intact = store.pull_references(references, verify_store=False)
+    chosen, table = pick(store.root, args.name, args.rule, args.where or [], alias=args.alias,
                          model_name=args.model_name, tracking_uri=args.tracking_uri,
                          frontier_only=args.frontier_only, validate_seeds=args.validate_seeds,
                          progress=not args.no_progress, method=args.pick_method)
+    store.push_references(references, intact)  # the held-out seeds' references, for the next pick
     print(f"trial {chosen['trial_id']}: {json.dumps(chosen['config'])}")
     print(table)
     validation = chosen["validation"]
@@ -143,7 +151,7 @@ def cmd_ui(args) -> int:
 
     from orchestrator.sweep.tracking import default_tracking_uri
 
-    uri = args.tracking_uri or default_tracking_uri(_storage(args))
+    uri = args.tracking_uri or default_tracking_uri(_storage(args).root)
     if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise UserError(f"no MLflow store at {uri}; run a sweep first or pass --tracking-uri")
     exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
@@ -180,7 +188,8 @@ def build_parser(task_name: str = "classification", method_name: str | None = No
     p.add_argument("--json", default=None, help="write the result JSON here")
     p.set_defaults(func=functools.partial(cmd_unlearn, task=task, method=method))
 
-    storage_help = "folder holding sweeps (and the default MLflow store): ./runs"
+    storage_help = ("where sweeps live: a folder (default ./runs, also the default MLflow store) or a bucket, "
+                    "s3://BUCKET/PREFIX or gs://BUCKET/PREFIX, credentials from the environment")
     p = sub.add_parser("sweep", help="Ray Tune + Optuna multi-objective sweep over a search space YAML")
     p.add_argument("space", help="search_spaces/*.yaml")
     p.add_argument("--trials", type=int, default=None, help="override the YAML's number of trials")
@@ -188,6 +197,9 @@ def build_parser(task_name: str = "classification", method_name: str | None = No
     p.add_argument("--address", default=None, help="Ray cluster: auto | ray://HOST:10001 | HOST:6379 (default: local)")
     p.add_argument("--storage", default="runs", help=storage_help)
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: $MLFLOW_TRACKING_URI or sqlite in --storage)")
+    p.add_argument("--resource-wait", type=float, default=300.0, metavar="SECONDS",
+                   help="with --address: how long to wait for a node that can hold one trial (an autoscaler "
+                        "adding it) before refusing the sweep (default 300)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted sweep of the same name")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sweep)

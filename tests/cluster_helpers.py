@@ -5,7 +5,8 @@
   It never touches /tmp/ray/ray_current_cluster, which other Ray users on this machine
   share: a plain `ray.init()` elsewhere must not join (or lose) a test cluster.
 - `mlflow_server`: `mlflow server` with a sqlite store and proxied artifacts on a free port.
-- `run_sweep_cli`: `scissorhands sweep ...` as a subprocess, like a user on a cluster's head.
+- `s3_server`: moto's S3 server on a free port, with the AWS variables a user would export.
+- `sweep_process`: `scissorhands sweep ...` as a subprocess, like a user on a cluster's head.
 
 Every context manager stops what it started on exit, also when the test fails.
 """
@@ -178,12 +179,61 @@ def _tail(path: Path, n: int = 60) -> str:
         return ""
 
 
+# ----------------------------------------------------------------------------- S3
+class S3Server:
+    """moto's S3 server on 127.0.0.1 and a free port; ``env`` holds what a user would export
+    to reach it (endpoint and keys, the standard AWS variables)."""
+
+    SECRET = "s3-secret-that-must-never-be-logged"
+
+    def __init__(self, root: Path):
+        root.mkdir(parents=True, exist_ok=True)
+        self.endpoint = f"http://127.0.0.1:{free_port()}"
+        self.env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "sweep-tests",
+                    "AWS_SECRET_ACCESS_KEY": self.SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
+        self.log_path = root / "moto.log"
+        self._log = open(self.log_path, "wb")
+        exe = Path(sys.executable).parent / "moto_server"
+        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", self.endpoint.rsplit(":", 1)[1]],
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {self.proc.returncode}:\n{_tail(self.log_path)}")
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.SECRET, region_name=self.env["AWS_DEFAULT_REGION"])
+
+    def stop(self) -> None:
+        stop_group(self.proc)
+        self._log.close()
+
+
+@contextlib.contextmanager
+def s3_server(root: Path):
+    """Yield a running S3Server; stopped on exit."""
+    server = S3Server(root)
+    try:
+        wait_until(server._healthy, 60, interval=0.5, what=f"moto S3 server at {server.endpoint}")
+        yield server
+    finally:
+        server.stop()
+
+
 # ----------------------------------------------------------------------------- the sweep
 class SweepProcess:
     """`python -m orchestrator.cli sweep ...` in the background; `wait()` returns its exit code."""
 
-    def __init__(self, args: list[str], log: Path):
-        env = {**os.environ, **RAY_ENV}
+    def __init__(self, args: list[str], log: Path, env: dict | None = None):
+        env = {**os.environ, **RAY_ENV, **(env or {})}
         for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):  # only the flags decide where it goes
             env.pop(var, None)
         self.log_path = Path(log)
@@ -211,8 +261,8 @@ class SweepProcess:
 
 
 @contextlib.contextmanager
-def sweep_process(args: list[str], log: Path):
-    sweep = SweepProcess(args, log)
+def sweep_process(args: list[str], log: Path, env: dict | None = None):
+    sweep = SweepProcess(args, log, env)
     try:
         yield sweep
     finally:

@@ -12,16 +12,18 @@ from orchestrator.stats import PAIRED_KEYS, STAT_SUFFIXES
 from orchestrator.sweep.frontier import pareto_mask
 from orchestrator.sweep.results import ResultsTable
 from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep.store import SweepStore
 
 REPORTED_EXTRA = {"status", "error", "mlflow_run_id", "node_ip", "node_id"}
 
 
 class ResultsCallback(Callback):
-    """Upsert each finished trial into Parquet and refresh the Pareto flags. Pickled with the
-    experiment, so a resumed sweep keeps writing the same table."""
+    """Upsert each finished trial into Parquet, refresh the Pareto flags and publish the table
+    (a bucket gets the whole object). Pickled with the experiment, so a resumed sweep keeps
+    writing the same table, on whichever machine resumes it."""
 
-    def __init__(self, spec: SweepSpec, results_path: Path):
-        self.spec, self.results_path = spec, Path(results_path)
+    def __init__(self, spec: SweepSpec, store: SweepStore, rel: str):
+        self.spec, self.store, self.rel = spec, store, rel
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._record(trial, trial.last_result or {}, None)
@@ -40,9 +42,10 @@ class ResultsCallback(Callback):
                 row[key] = value
         if error is not None:
             row.update({"status": "error", "error": error})
-        table = ResultsTable(self.results_path)
+        table = ResultsTable(self.store.root / self.rel)
         table.upsert([row])
         refresh_pareto(self.spec, table)
+        self.store.push(self.rel)
 
 
 def base_metric(key: str) -> str:

@@ -6,6 +6,8 @@
                                            a comparison has one tune-<method>/ per method
     <storage>/<name>/results.parquet       one row per trial
     <storage>/<name>/frontier.png|.html    trials, frontier, original and retrain marked
+With a bucket as ``--storage`` the same layout lives there, and ``root`` is its node-local
+mirror (``sweep/store.py``); the MLflow store default stays node-local.
 """
 from __future__ import annotations
 
@@ -16,13 +18,10 @@ class SweepPaths:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.references = self.root / "references"
-        self.tune = self.root / "tune"  # what --resume restores
         self.results = self.root / "results.parquet"
         self.plot = self.root / "frontier.png"
 
-    def tune_dir(self, method: str | None) -> Path:
+    @staticmethod
+    def tune_name(method: str | None) -> str:
         """Tune's state of a sweep, or of one method of a comparison."""
-        return self.tune if method is None else self.root / f"tune-{method}"
-
-    def started(self) -> bool:
-        return self.tune.exists() or any(self.root.glob("tune-*"))
+        return "tune" if method is None else f"tune-{method}"

@@ -97,6 +97,7 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
         client.log_metric(parent_run_id, "hypervolume", summary["hypervolume"])
         if "avg_gap" in df:
             client.log_metric(parent_run_id, "best_avg_gap", float(df.loc[ok, "avg_gap"].min()))
+    _drop_orphan_runs(client, parent_run_id, set(df["trial_id"]) if len(df) else set())
     for row, on_front in zip(df.itertuples(), mask):
         run_id = getattr(row, "mlflow_run_id", None)
         if isinstance(run_id, str) and run_id:
@@ -105,6 +106,17 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
     atomic_write_json(paths.root / "summary.json", summary)
     client.set_terminated(parent_run_id, "FINISHED")
     return summary
+
+
+def _drop_orphan_runs(client, parent_run_id: str, recorded: set[str]) -> None:
+    """A trial that ran on after its driver died, unknown to the resumed sweep, left a run that
+    no table row stands for: one run per recorded trial, and no other."""
+    from orchestrator.sweep.tracking import TRIAL_TAG, child_runs
+
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    for run in child_runs(client, experiment_id, parent_run_id):
+        if run.data.tags.get(TRIAL_TAG) not in recorded:
+            client.delete_run(run.info.run_id)
 
 
 def method_summary(df, spec: SweepSpec, ref_point: list[float]) -> dict:

@@ -15,6 +15,7 @@ from orchestrator.stats import aggregate
 from orchestrator.sweep import tracking
 from orchestrator.sweep.seed_runs import run_seed
 from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep.store import SweepStore
 
 PENALTY = 1e6  # objective value of a failed (diverged / pruned) trial: the worst the searcher can see
 
@@ -33,6 +34,16 @@ class TrialContext:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
+    bucket: str | None = None  # a bucket as --storage: the references come from there
+
+
+def references_here(ctx: TrialContext) -> Path:
+    """The references on this node: the storage folder, or this node's verified mirror of the bucket."""
+    if ctx.bucket is None:
+        return Path(ctx.cache_dir)
+    store = SweepStore(ctx.bucket)
+    store.pull_references(f"{ctx.name}/references", verify_store=False)
+    return store.root / ctx.name / "references"
 
 
 def run_trial(searched: dict, ctx: TrialContext) -> dict:
@@ -52,6 +63,7 @@ def run_trial(searched: dict, ctx: TrialContext) -> dict:
     client.log_param(run_id, "seeds", ",".join(map(str, spec.seeds)))
     client.log_param(run_id, "method", spec.method_contract.name)
     try:
+        cache_dir = references_here(ctx)
         runs = []
         for seed in spec.seeds:
 
@@ -64,8 +76,8 @@ def run_trial(searched: dict, ctx: TrialContext) -> dict:
                 if value is not None and record["epoch"] >= rule.after_epoch and value < rule.min_value:
                     raise Pruned(f"pruned: {rule.metric} {value:.1f} < {rule.min_value} at epoch {record['epoch']}")
 
-            runs.append(run_seed(spec, searched, seed, Path(ctx.cache_dir), build=False, on_epoch=on_epoch,
-                                 artifact_dir=Path(ctx.cache_dir) / "trials" / trial_id / str(seed)))
+            runs.append(run_seed(spec, searched, seed, cache_dir, build=False, on_epoch=on_epoch,
+                                 artifact_dir=cache_dir / "trials" / trial_id / str(seed)))
             client.set_tag(run_id, f"forget_digest.seed{seed}", runs[-1].forget_digest)
         # The logged model is the first seed's: its forget set is the one tagged forget_digest.
         client.set_tag(run_id, "forget_digest", runs[0].forget_digest)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -13,36 +14,49 @@ from orchestrator.sweep import tracking
 from orchestrator.sweep.callback import ResultsCallback
 from orchestrator.sweep.paths import SweepPaths
 from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep.store import SweepStore, write_text
 from orchestrator.sweep.summary import build_references, code_version, finalize
 from orchestrator.sweep.trainable import TrialContext, trainable
 
 
-def run_sweep(spec: SweepSpec, *, storage: Path, trials: int | None = None, name: str | None = None,
-              address: str | None = None, tracking_uri: str | None = None, resume: bool = False,
-              progress: bool = True, spec_text: str | None = None) -> dict:
+def run_sweep(spec: SweepSpec, *, storage: str | Path | SweepStore, trials: int | None = None,
+              name: str | None = None, address: str | None = None, tracking_uri: str | None = None,
+              resume: bool = False, progress: bool = True, spec_text: str | None = None,
+              resource_wait_s: float = 300.0) -> dict:
     from mlflow.tracking import MlflowClient
 
     spec = spec.model_copy(update={k: v for k, v in (("trials", trials), ("name", name)) if v is not None})
-    storage = Path(storage).resolve()
-    paths = SweepPaths(storage / spec.name)
-    _check_new_or_resumable(spec, paths, resume)
-    if not address:
+    store = storage if isinstance(storage, SweepStore) else SweepStore(storage)
+    paths = SweepPaths(store.root / spec.name)
+    _check_new_or_resumable(spec, store, resume)
+    if address:
+        _connect(address, spec)
+        _wait_for_a_fitting_node(spec, address, resource_wait_s)
+    else:
         _check_fits_here(spec)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    if spec_text is not None and not resume:
-        (paths.root / "spec.yaml").write_text(spec_text)
+    if resume:
+        store.pull_results(spec.name)
+    elif spec_text is not None:
+        write_text(store, f"{spec.name}/spec.yaml", spec_text)
     atomic_write_json(paths.root / "spec.resolved.json", spec.model_dump())
+    store.push(f"{spec.name}/spec.resolved.json")
 
-    tracking_uri = tracking_uri or tracking.default_tracking_uri(storage)
+    tracking_uri = tracking_uri or tracking.default_tracking_uri(store.root)
+    if store.remote and tracking_uri.startswith("sqlite:"):
+        print(f"note: MLflow store {tracking_uri} is on this machine only; on a cluster pass --tracking-uri "
+              "of a tracking server", file=sys.stderr)
     client = MlflowClient(tracking_uri)
-    experiment_id = tracking.ensure_experiment(client, spec.name, storage, tracking_uri)
+    experiment_id = tracking.ensure_experiment(client, spec.name, store.root, tracking_uri)
     parent_run_id = tracking.find_or_create_parent(client, experiment_id, spec.name)
     if resume:  # trials that were running when the driver died restart: drop their partial runs
         for run in tracking.child_runs(client, experiment_id, parent_run_id):
             if run.info.status == "RUNNING":
                 client.delete_run(run.info.run_id)
     t0 = time.perf_counter()
+    references = f"{spec.name}/references"
+    intact = store.pull_references(references, verify_store=True)
     refs = build_references(spec, paths.references, progress)
+    store.push_references(references, intact)
     references_s = time.perf_counter() - t0
     if not resume:
         _log_parent(client, parent_run_id, spec, spec_text, refs)
@@ -50,19 +64,22 @@ def run_sweep(spec: SweepSpec, *, storage: Path, trials: int | None = None, name
     t0 = time.perf_counter()
     for sub in spec.per_method():  # a comparison: one experiment per method, same budget and seeds
         ctx = TrialContext(sub.model_dump(), spec.name, str(paths.references), tracking_uri, experiment_id,
-                           parent_run_id)
-        tune_dir = paths.tune_dir(sub.method if spec.methods else None)
-        _tuner(sub, paths, tune_dir, ctx, address, resume and tune_dir.exists(), progress).fit()
+                           parent_run_id, store.location if store.remote else None)
+        tune_name = paths.tune_name(sub.method if spec.methods else None)
+        restore = resume and store.exists(f"{spec.name}/{tune_name}")
+        _tuner(sub, store, tune_name, ctx, address, restore, progress).fit()
     timing = {"references_s": references_s, "trials_s": time.perf_counter() - t0}
-    return finalize(spec, paths, refs, tracking_uri, parent_run_id, timing)
+    summary = finalize(spec, paths, refs, tracking_uri, parent_run_id, timing)
+    store.push_folder_files(spec.name)
+    return summary
 
 
-def _check_new_or_resumable(spec: SweepSpec, paths: SweepPaths, resume: bool) -> None:
-    started = paths.started()
+def _check_new_or_resumable(spec: SweepSpec, store: SweepStore, resume: bool) -> None:
+    started = store.started(spec.name)
     if started and not resume:
-        raise UserError(f"sweep {spec.name!r} already exists in {paths.root}; use --resume or another --name")
+        raise UserError(f"sweep {spec.name!r} already exists in {store.uri(spec.name)}; use --resume or another --name")
     if resume and not started:
-        raise UserError(f"--resume: no sweep {spec.name!r} in {paths.root} to resume")
+        raise UserError(f"--resume: no sweep {spec.name!r} in {store.uri(spec.name)} to resume")
 
 
 def _check_fits_here(spec: SweepSpec) -> None:
@@ -74,6 +91,39 @@ def _check_fits_here(spec: SweepSpec) -> None:
     if want.gpu > gpus or want.cpu > cpus:
         raise UserError(f"resources: a trial asks for cpu {want.cpu:g}, gpu {want.gpu:g}; this machine has "
                         f"{cpus} CPUs and {gpus} GPUs (lower resources, or pass --address of a cluster that has them)")
+
+
+def runtime_env(spec: SweepSpec) -> dict | None:
+    """The user's model code reaches every node through Ray's runtime environment."""
+    return {"working_dir": spec.code_dir} if spec.code_dir else None
+
+
+def _connect(address: str, spec: SweepSpec) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env(spec))
+
+
+def _wait_for_a_fitting_node(spec: SweepSpec, address: str, wait_s: float) -> None:
+    """A trial no node can hold would wait forever: give an autoscaler ``wait_s`` to add such
+    a node, then refuse in one line."""
+    import ray
+
+    want = spec.resources
+    deadline = time.monotonic() + wait_s
+    while True:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        if any(n.get("CPU", 0) >= want.cpu and n.get("GPU", 0) >= want.gpu for n in nodes):
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+    largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+    raise UserError(f"resources: a trial asks for cpu {want.cpu:g}, gpu {want.gpu:g}; no node of the cluster at "
+                    f"{address} has that after {wait_s:g} s (largest: cpu {largest.get('CPU', 0):g}, gpu "
+                    f"{largest.get('GPU', 0):g}); lower resources, add such a node, or raise --resource-wait")
 
 
 def _log_parent(client, run_id: str, spec: SweepSpec, spec_text: str | None, refs: dict[int, dict]) -> None:
@@ -93,9 +143,9 @@ def _log_parent(client, run_id: str, spec: SweepSpec, spec_text: str | None, ref
                 client.log_metric(run_id, f"{role}.{k}", v, step=seed)
 
 
-def _tuner(spec: SweepSpec, paths: SweepPaths, tune_dir: Path, ctx: TrialContext, address: str | None,
+def _tuner(spec: SweepSpec, store: SweepStore, tune_name: str, ctx: TrialContext, address: str | None,
            resume: bool, progress: bool):
-    """A new Tuner, or the interrupted one restored from ``tune_dir``."""
+    """A new Tuner, or the interrupted one restored from the store (a bucket: on any machine)."""
     import ray
     from optuna.samplers import TPESampler
     from ray import tune
@@ -103,16 +153,12 @@ def _tuner(spec: SweepSpec, paths: SweepPaths, tune_dir: Path, ctx: TrialContext
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
-        # The user's model code reaches every node through the runtime environment.
-        runtime_env = {"working_dir": spec.code_dir} if spec.code_dir else None
-        if address:
-            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+        ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env(spec))
     run = tune.with_resources(tune.with_parameters(trainable, ctx=ctx),
                               {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     if resume:
-        return tune.Tuner.restore(str(tune_dir), run, resume_errored=False, restart_errored=True)
+        return tune.Tuner.restore(store.uri(f"{spec.name}/{tune_name}"), run, resume_errored=False,
+                                  restart_errored=True)
     default = spec.default_point()
     searcher = OptunaSearch(
         metric=[o.metric for o in spec.objectives],
@@ -125,8 +171,9 @@ def _tuner(spec: SweepSpec, paths: SweepPaths, tune_dir: Path, ctx: TrialContext
         param_space={k: d.tune_domain() for k, d in spec.search.items()},
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.trials,
                                     max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(name=tune_dir.name, storage_path=str(paths.root),
+        run_config=tune.RunConfig(name=tune_name, storage_path=store.uri(spec.name),
                                   failure_config=tune.FailureConfig(max_failures=2),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                  callbacks=[ResultsCallback(spec, paths.results)], verbose=1 if progress else 0),
+                                  callbacks=[ResultsCallback(spec, store, f"{spec.name}/results.parquet")],
+                                  verbose=1 if progress else 0),
     )
