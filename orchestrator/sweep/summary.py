@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,14 +99,32 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
         if "avg_gap" in df:
             client.log_metric(parent_run_id, "best_avg_gap", float(df.loc[ok, "avg_gap"].min()))
     _drop_orphan_runs(client, parent_run_id, set(df["trial_id"]) if len(df) else set())
-    for row, on_front in zip(df.itertuples(), mask):
-        run_id = getattr(row, "mlflow_run_id", None)
-        if isinstance(run_id, str) and run_id:
-            client.set_tag(run_id, "pareto", "true" if on_front else "false")
+    _tag_pareto(client, df, mask, tracking_uri)
     client.log_artifact(parent_run_id, str(paths.results))
     atomic_write_json(paths.root / "summary.json", summary)
     client.set_terminated(parent_run_id, "FINISHED")
     return summary
+
+
+def _tag_pareto(client, df, mask: np.ndarray, tracking_uri: str) -> None:
+    """``pareto=true|false`` on every trial's run. Runs another MLflow store holds (a sweep
+    resumed from a bucket on a machine with its own local store) are skipped, with a note."""
+    from mlflow.exceptions import MlflowException
+
+    elsewhere = 0
+    for row, on_front in zip(df.itertuples(), mask):
+        run_id = getattr(row, "mlflow_run_id", None)
+        if isinstance(run_id, str) and run_id:
+            try:
+                client.set_tag(run_id, "pareto", "true" if on_front else "false")
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                elsewhere += 1
+    if elsewhere:
+        print(f"note: {elsewhere} trial run(s) of this sweep are not in the MLflow store {tracking_uri} (they "
+              "logged to another one); use one --tracking-uri for every machine that runs or resumes it",
+              file=sys.stderr)
 
 
 def _drop_orphan_runs(client, parent_run_id: str, recorded: set[str]) -> None:
