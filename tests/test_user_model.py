@@ -95,6 +95,15 @@ def test_unlearn_a_user_model_with_retrain_and_without(user, tmp_path, capsys, m
     assert len(log.read_text().splitlines()) == 2
     assert none["forget_set"]["digest"] == report["forget_set"]["digest"]
 
+    # The user's own retrain model (here the original's file): evaluated, never trained (its
+    # one cache entry is a copy of the file), so the two reference rows coincide and the
+    # original's gap is zero.
+    own = str(user["root"] / "weights.safetensors")
+    assert unlearn(user, tmp_path, "--retrain", own, json_name="own.json") == 0
+    mine = json.loads((tmp_path / "own.json").read_text())
+    assert mine["retrain"] == mine["original"] == report["original"] and mine["avg_gap_original"] == 0
+    assert len(log.read_text().splitlines()) == 3 and log.read_text().split()[-2] == "retrain"
+
 
 @pytest.mark.parametrize("case, message", [
     ("missing_factory", "--model usernet:nope: module usernet"),
