@@ -107,6 +107,17 @@ def raylet_pid(node) -> int:
     return info.process.pid
 
 
+def serving(proc: subprocess.Popen, log_path: Path, url: str, what: str) -> bool:
+    """Whether a server we started answers ``url`` with 200; an exited server is an error."""
+    if proc.poll() is not None:
+        raise RuntimeError(f"{what} exited with {proc.returncode}:\n{_tail(log_path)}")
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 # ----------------------------------------------------------------------------- MLflow
 class MlflowServer:
     """`mlflow server` on 127.0.0.1 and a free port, sqlite store and proxied artifacts under
@@ -129,13 +140,7 @@ class MlflowServer:
                                      start_new_session=True)
 
     def _healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {self.proc.returncode}:\n{_tail(self.log_path)}")
-        try:
-            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return serving(self.proc, self.log_path, f"{self.uri}/health", "mlflow server")
 
     def wait_ready(self, timeout: float = 90) -> str:
         wait_until(self._healthy, timeout, interval=0.5, what=f"mlflow server at {self.uri}/health")
@@ -198,13 +203,7 @@ class S3Server:
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def _healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"moto_server exited with {self.proc.returncode}:\n{_tail(self.log_path)}")
-        try:
-            with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return serving(self.proc, self.log_path, f"{self.endpoint}/moto-api/", "moto_server")
 
     def client(self):
         import boto3

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from orchestrator.cache import default_cache_dir
 from orchestrator.errors import UserError
-from orchestrator.storage import atomic_write_bytes, content_key, file_lock, sha256_file
+from orchestrator.storage import atomic_write_bytes, content_key, file_lock, sha256_bytes, sha256_file
 
 MANIFEST, WEIGHTS = "meta.json", "model.pt"
 
@@ -159,7 +159,7 @@ class SweepStore:
         local_ok = (local / WEIGHTS).is_file() and sha256_file(local / WEIGHTS) == want
         if not local_ok or verify_store:
             data = self.read_bytes(f"{rel}/{WEIGHTS}")
-            stored_ok = data is not None and _sha256(data) == want
+            stored_ok = data is not None and sha256_bytes(data) == want
             if not stored_ok:
                 print(f"warning: {self.uri(rel)}/{WEIGHTS} does not match its checksum; not used", file=sys.stderr)
                 return False
@@ -183,12 +183,6 @@ class SweepStore:
                 files.sort(key=lambda p: (p.name == MANIFEST, p.name != WEIGHTS))
             for p in files:
                 self.push(str(p.relative_to(self.root)))
-
-
-def _sha256(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
 
 
 def write_text(store: SweepStore, rel: str, text: str) -> None:
