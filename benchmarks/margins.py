@@ -7,11 +7,15 @@ in the CPU cell this process runs in; then summarise several cells' output.
 
 ``summarize`` prints one JSON line per quantity: n, min, max, mean, std over every seed and
 cell, and ``low_bound`` = min - 3 std / ``high_bound`` = max + 3 std, the most a lower / upper
-threshold may ask under the margin rule (tests/measured.py).
+threshold on one seed's value may ask under the margin rule (tests/measured.py). For a test
+that asserts a mean over three seeds, ``mean3_min`` / ``mean3_max`` are the worst such means
+(every 3 of the cell's seeds, in every cell) and ``mean3_low_bound`` / ``mean3_high_bound``
+lie three spreads of a 3-seed mean (std / sqrt 3) beyond them.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -25,12 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests import measured  # noqa: E402
 
-# The corners of tests/spaces.tiny_space's search range: every trial the sweep tests can draw lies inside.
-CORNERS = [(t, lr) for t in (0.005, 0.05) for lr in (0.002, 0.02)]
+# The corners of the pick test's search range (tests/spaces.PICK): every trial it can draw lies inside.
+CORNERS = [(t, lr) for t in (0.005, 0.02) for lr in (0.005, 0.02)]
 
 
-def baselines(seed: int, cache: Path):
-    for name, knobs in measured.FAST.items():
+def baselines(seed: int, cache: Path, names=tuple(measured.FAST)):
+    for name in names:
+        knobs = measured.FAST[name]
         for key, value in measured.baseline_quantities(measured.classwise_report(name, seed, cache, **knobs)).items():
             yield f"baselines.{name}.{key}", value
 
@@ -42,15 +47,6 @@ def classwise(seed: int, cache: Path):
         report = measured.cli_report(Path(tmp), cache, "class", "--forget", "class:3", "--seed", str(seed))
     for key, value in measured.classwise_quantities(report).items():
         yield f"classwise.{key}", value
-
-
-def mislabeled(seed: int, cache: Path):
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        report = measured.cli_report(Path(tmp), cache, "mislabeled", "--forget", "mislabeled:0.1", "--seed", str(seed))
-    for key, value in measured.mislabeled_quantities(report).items():
-        yield f"mislabeled.{key}", value
 
 
 def pick(seed: int, cache: Path):
@@ -80,7 +76,11 @@ def diffusion(seed: int, cache: Path):
         yield "diffusion.sd_gap_ratio", measured.sd_gap_ratio(Path(tmp), cache / "sd", seed)
 
 
-GROUPS = {"diffusion": diffusion, "baselines": baselines, "classwise": classwise, "mislabeled": mislabeled, "pick": pick, "prune": prune}
+def ssd(seed: int, cache: Path):
+    yield from baselines(seed, cache, ("ssd",))
+
+
+GROUPS = {"ssd": ssd, "diffusion": diffusion, "baselines": baselines, "classwise": classwise, "pick": pick, "prune": prune}
 
 
 def cell() -> str:
@@ -101,20 +101,36 @@ def measure(args) -> None:
 
 
 def summarize(args) -> None:
-    values = defaultdict(list)
+    latest = {}  # a re-measured (cell, quantity, seed) counts once, as last measured
     for path in args.files:
         for line in Path(path).read_text().splitlines():
             if line.startswith("{"):
                 rec = json.loads(line)
-                values[rec["quantity"]].append((rec["cell"], rec["seed"], rec["value"]))
+                latest[rec["cell"], rec["quantity"], rec["seed"]] = rec["value"]
+    values = defaultdict(list)
+    for (cell_name, quantity, seed), value in latest.items():
+        values[quantity].append((cell_name, seed, value))
     for quantity, rows in sorted(values.items()):
         v = np.array([r[2] for r in rows])
         std = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
-        print(json.dumps({"quantity": quantity, "n": len(v), "cells": len({r[0] for r in rows}),
-                          "min": round(float(v.min()), 3), "max": round(float(v.max()), 3),
-                          "mean": round(float(v.mean()), 3), "std": round(std, 3),
-                          "low_bound": round(float(v.min()) - 3 * std, 3),
-                          "high_bound": round(float(v.max()) + 3 * std, 3)}))
+        by_cell = defaultdict(list)
+        for cell_name, _, value in rows:
+            by_cell[cell_name].append(value)
+        means = [float(np.mean(c)) for vals in by_cell.values() for c in itertools.combinations(vals, 3)]
+        out = {"quantity": quantity, "n": len(v), "cells": len(by_cell),
+               "min": float(v.min()), "max": float(v.max()), "mean": float(v.mean()), "std": std,
+               "low_bound": float(v.min()) - 3 * std, "high_bound": float(v.max()) + 3 * std}
+        if means:
+            spread = 3 * std / np.sqrt(3)
+            out.update(mean3_min=min(means), mean3_max=max(means), mean3_low_bound=min(means) - spread,
+                       mean3_high_bound=max(means) + spread)
+        if quantity.startswith("pick."):  # what pick decides on: each cell's 5 seeds as held-out seeds
+            from orchestrator.stats import summarize as seed_summary
+
+            cis = [seed_summary(vals) for vals in by_cell.values()]
+            out.update(mean5_min=min(c.mean for c in cis), ci95_low_min=min(c.ci95_low for c in cis),
+                       ci95_low_by_cell=[round(c.ci95_low, 3) for c in cis])
+        print(json.dumps({k: round(x, 3) if isinstance(x, float) else x for k, x in out.items()}))
 
 
 def seeds_arg(text: str) -> list[int]:

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
-from tests.measured import TINY_RECIPE, as_in_a_trial, tiny_config, torch_threads  # noqa: E402,F401
+from tests.measured import as_in_a_trial, torch_threads  # noqa: E402
 
 # Derandomized: a failing example is the same on every run and every machine (print_blob
 # replays it); HYPOTHESIS_PROFILE=explore draws fresh examples when looking for new bugs.
@@ -52,11 +52,11 @@ def shared_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_references(shared_cache):
-    """The shared cache with the tiny recipe's references (class 3) for seeds 0-4 built: the
+    """The shared cache with the tiny recipe's references (class 3) for seeds 0-6 built: the
     search seeds and the held-out seeds of the tests' picks."""
     from orchestrator.sweep.summary import build_references
     from tests.measured import tiny_space_spec
     from tests.spaces import PICK
 
-    build_references(tiny_space_spec(seeds="[0, 1, 2, 3, 4]", **PICK), shared_cache, progress=False)
+    build_references(tiny_space_spec(seeds="[0, 1, 2, 3, 4, 5, 6]", **PICK), shared_cache, progress=False)
     return shared_cache

@@ -28,11 +28,12 @@ TINY_YAML = f"width: {TINY_WIDTH}\nrecipe: {{epochs: {TINY_RECIPE.epochs}, weigh
 SEEDS = (0, 1, 2)  # a test's mean is over these; the margins are measured on 0-4
 
 # Baseline knobs that forget the class within seconds on the tiny model (published defaults
-# are for ResNet-18). SSD is a cliff here: alpha 1000 selects nothing, alpha <= 120 collapses
-# the model to chance on some seeds; 500 forgets and keeps RA 86-97 (seeds 0-1).
-FAST = {"finetune": {"epochs": 3, "lr": 0.05}, "grad_ascent": {"epochs": 3, "lr": 2e-3},
-        "random_label": {"epochs": 3, "lr": 0.05}, "l1_sparse": {"epochs": 3, "lr": 0.05},
-        "salun": {"epochs": 3, "lr": 0.05}, "ssd": {"alpha": 500.0, "dampening": 0.1}}
+# are for ResNet-18). SSD sits between two cliffs here: alpha <= 120 collapsed the model to
+# chance on a seed, alpha >= 300 selected nothing that matters on 2 of 4 seeds (plain-1t);
+# 200 forgot on all of them.
+FAST = {"finetune": {"epochs": 1, "lr": 0.05}, "grad_ascent": {"epochs": 3, "lr": 2e-3},
+        "random_label": {"epochs": 1, "lr": 0.05}, "l1_sparse": {"epochs": 1, "lr": 0.05},
+        "salun": {"epochs": 1, "lr": 0.05}, "ssd": {"alpha": 200.0, "dampening": 0.1}}
 
 
 def torch_threads(default: int) -> int:
@@ -113,10 +114,11 @@ def tiny_space_spec(**options):
         return load_spec(path)
 
 
-def tiny_space_run(seed: int, cache: Path, point: dict, **options):
+def tiny_space_run(seed: int, cache: Path, point: dict, on_epoch=None, **options):
     from orchestrator.trial import run_unlearning
 
-    return run_unlearning(tiny_space_spec(**options).run_config(point, seed), cache, progress=False)
+    return run_unlearning(tiny_space_spec(**options).run_config(point, seed), cache, progress=False,
+                          on_epoch=on_epoch)
 
 
 def pick_space_improvement(seed: int, cache: Path, trim_ratio: float, lr: float) -> float:
@@ -128,20 +130,23 @@ def pick_space_improvement(seed: int, cache: Path, trim_ratio: float, lr: float)
     return report["avg_gap_original"] - report["avg_gap"]
 
 
-# The faulty sweep's points: one that repairs, one whose repair the early-stopping rule prunes
-# (90% of the late layers' most sensitive weights re-initialised, then an lr too small to recover).
+# The faulty sweep's points (the tiny space on the tiny recipe, one repair epoch): one that
+# repairs, one whose repair the early-stopping rule prunes (90% of the late layers' most
+# sensitive weights re-initialised, then an lr too small to recover).
 HEALTHY, COLLAPSED = {"trim_ratio": 0.01, "lr": 0.005}, {"trim_ratio": 0.9, "lr": 1e-4}
 
 
 def first_epoch_retain_acc(seed: int, cache: Path, point: dict) -> float:
-    return tiny_space_run(seed, cache, point).history[0]["train_acc_retain"]
+    """What the early-stopping rule reads after the first repair epoch (a run that goes on to
+    collapse is read all the same: the rule stops it there)."""
+    from orchestrator.errors import DivergenceError
 
-
-def mislabeled_quantities(report: dict) -> dict[str, float]:
-    """Forgetting 10% mislabeled samples: the tiny recipe's original fits the wrong labels."""
-    o, u, rt = report["original"], report["unlearned"], report["retrain"]
-    return {"gap_original": report["avg_gap_original"], "gap_ratio": report["avg_gap"] / report["avg_gap_original"],
-            "UA_gain": u["UA"] - o["UA"], "RA_gap": abs(u["RA"] - rt["RA"]), "TA_gap": abs(u["TA"] - rt["TA"])}
+    epochs = []
+    try:
+        tiny_space_run(seed, cache, point, model=TINY_YAML, on_epoch=epochs.append)
+    except DivergenceError:
+        pass
+    return epochs[0]["train_acc_retain"]
 
 
 def diffusion_tiny():

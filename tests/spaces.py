@@ -11,9 +11,9 @@ dataset: mnist5k
 model: resnet8
 forget: class:3
 {model}
-fixed: {{epochs: 1}}
+fixed: {{epochs: {epochs}}}
 search:
-  trim_ratio: {{type: loguniform, low: 0.005, high: 0.05}}
+  trim_ratio: {trim}
   lr: {lr}
 objectives:
 {objectives}
@@ -27,12 +27,16 @@ OBJECTIVES = (("gap_UA", "min"), ("RA", "max"), ("RTE_s", "min"))
 
 
 MACHINERY = "width: 4\nrecipe: {epochs: 1}"
-PICK = {"model": TINY_YAML}
+# Where the pick test draws: two repair epochs and the ranges in which every point forgets the
+# class and repairs the rest (a 5% cut at lr 0.002 left the model worse than doing nothing).
+PICK = {"model": TINY_YAML, "epochs": 2, "trim": "{type: loguniform, low: 0.005, high: 0.02}",
+        "lr": "{type: loguniform, low: 0.005, high: 0.02}"}
 
 
 def tiny_space(name: str = "tiny", trials: int = 4, concurrent: int = 2, seeds: str = "[0]",
                lr: str = "{type: loguniform, low: 0.002, high: 0.02}", objectives=OBJECTIVES,
-               model: str = MACHINERY) -> str:
+               model: str = MACHINERY, epochs: int = 1,
+               trim: str = "{type: loguniform, low: 0.005, high: 0.05}") -> str:
     lines = "\n".join(f"  - {{metric: {m}, direction: {d}}}" for m, d in objectives)
     return TINY_SPACE.format(name=name, trials=trials, concurrent=concurrent, seeds=seeds, lr=lr, objectives=lines,
-                             model=model)
+                             model=model, epochs=epochs, trim=trim)

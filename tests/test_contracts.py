@@ -34,7 +34,7 @@ def classification_case(seed: int = 0):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = build_model("resnet8", 1, 10, width=4)
-    return model, data, {"epochs": 1, "batch_size": 512, "score_batch_size": 64}
+    return model, data, {"epochs": 1, "batch_size": 256, "score_batch_size": 64}  # >= 2 steps on D_f
 
 
 def diffusion_case(seed: int = 0):

@@ -5,17 +5,15 @@ in a few minutes on 2 CPU cores; the acceptance-size numbers live in the report,
 """
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from orchestrator.diffusion.config import ClassifierRecipe, DiffusionRunConfig, GeneratorRecipe, with_knobs
+from orchestrator.diffusion.config import DiffusionRunConfig, GeneratorRecipe, with_knobs
 from orchestrator.errors import UserError
 from orchestrator.methods import get_method
-from orchestrator.methods.scissorhands_diffusion import ScissorhandsDiffusionConfig
 from orchestrator.trial import run_unlearning
 from tests.measured import (SD_FLAGS, build_tiny_sd, class_task, diffusion_tiny, erasure_quantities, original_unet,
                              repair_quantities)

@@ -1,15 +1,22 @@
 """Real training on the bundled digits, through the CLI, with the default knobs (preset auto) on
 the tiny ResNet-8. Every threshold is three measured spreads beyond the worst value seen on
-seeds 0-4 in the four cpu-matrix cells (benchmarks/margins.py, groups classwise and
-mislabeled); the measured range is beside it."""
+seeds 0-4 in the four cpu-matrix cells (benchmarks/margins.py, group classwise); the
+measured range is beside it.
+
+Mislabeled forgetting is not tested here: an original that fits 450 wrong labels takes the
+full ResNet-8 about 15 epochs (the tiny recipe's 4-epoch original fits none of them: Avg. Gap
+to retrain 0.3-0.4), which is minutes per reference pair on 2 cores; its quality is the
+acceptance run `make sweep` (search_spaces/mnist5k_mislabeled.yaml), quoted in the README."""
 import pytest
 
-from tests.measured import classwise_quantities, cli_report, mislabeled_quantities
+from tests.measured import SEEDS, classwise_quantities, cli_report, mean
 
 
 @pytest.mark.slow
 def test_classwise_forgetting_erases_the_class_and_keeps_the_rest(tmp_path, shared_cache, capsys):
-    report = cli_report(tmp_path, shared_cache, "class", "--forget", "class:3")
+    reports = [cli_report(tmp_path, shared_cache, f"class{seed}", "--forget", "class:3", "--seed", str(seed))
+               for seed in SEEDS]
+    report = reports[0]
     assert set(report) == {"original", "retrain", "unlearned", "avg_gap", "avg_gap_original", "config", "forget_set",
                            "layers"}
     assert report["forget_set"]["size"] == len(report["forget_set"]["ids"]) > 0
@@ -17,25 +24,15 @@ def test_classwise_forgetting_erases_the_class_and_keeps_the_rest(tmp_path, shar
     for role in ("original", "retrain"):
         assert set(report[role]) == {"UA", "RA", "TA", "MIA"}
     assert set(report["unlearned"]) == {"UA", "RA", "TA", "MIA", "RTE_s"}
-    assert report["config"]["knobs"]["trim_ratio"] == 0.01 and report["config"]["forget"] == "class:3"
-    q = classwise_quantities(report)
-    assert q["original_UA"] < ORIGINAL_UA_MAX, "the original model should know class 3"
-    assert q["UA"] > UA_MIN
-    assert q["RA_gap"] < RA_GAP_MAX
-    assert q["improvement"] > IMPROVEMENT_MIN
+    assert report["config"]["knobs"]["trim_ratio"] == 0.01  # preset auto's, for a small model and a class
     table = capsys.readouterr().out
     assert "unlearned" in table and "Avg. Gap" in table
-
-
-@pytest.mark.slow
-def test_removing_mislabeled_samples_moves_far_toward_retrain(tmp_path, shared_cache):
-    report = cli_report(tmp_path, shared_cache, "mislabeled", "--forget", "mislabeled:0.1")
-    q = mislabeled_quantities(report)
-    # The original fits the wrong labels, the retrain model never saw them: a gap of many points.
-    assert q["gap_original"] > MISLABELED_GAP_ORIGINAL_MIN
-    assert q["gap_ratio"] < MISLABELED_GAP_RATIO_MAX
-    assert q["UA_gain"] > MISLABELED_UA_GAIN_MIN, "the wrong labels must be unlearned"
-    assert q["RA_gap"] < MISLABELED_UTILITY_GAP_MAX and q["TA_gap"] < MISLABELED_UTILITY_GAP_MAX
+    q = {key: mean(classwise_quantities(r)[key] for r in reports) for key in classwise_quantities(report)}
+    # Means over seeds 0-2; measured per seed over seeds 0-4 x 4 cells (and the worst 3-seed mean):
+    assert q["original_UA"] < 7, "the original model should know class 3"  # 1.8-4.7 (worst mean 4.5)
+    assert q["UA"] > 99  # 100.0 on every seed and cell
+    assert q["RA_gap"] < 2.5  # 0.17-1.36 (worst mean 1.17, std 0.44)
+    assert q["improvement"] > 20  # 21.6-48.0 (worst mean 38.0, std 7.9)
 
 
 @pytest.mark.slow

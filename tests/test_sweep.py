@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from orchestrator.sweep.results import ResultsTable
-from tests.measured import COLLAPSED, HEALTHY, as_in_a_trial
+from tests.measured import COLLAPSED, HEALTHY, TINY_YAML, as_in_a_trial
 from tests.oracles import brute_force_hypervolume, brute_force_pareto
 from tests.spaces import PICK, tiny_space
 
@@ -126,16 +126,18 @@ def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, ca
     data = prepare(spec.run_config({"trim_ratio": best["config.trim_ratio"], "lr": best["config.lr"]}, 0))
     with as_in_a_trial():
         ta = top1_accuracy(predict_proba(model.eval(), data.test_set()[0]), data.test_set()[1])
-    assert ta == client.get_run(best["mlflow_run_id"]).data.metrics["TA/seed0"]
+    assert round(ta, 4) == client.get_run(best["mlflow_run_id"]).data.metrics["TA/seed0"]  # reports carry 4 decimals
     assert main(["pick", "tiny", "--storage", str(storage), "--rule", "best"]) == 2
     assert "expected min-METRIC or max-METRIC" in capsys.readouterr().err
 
-    # pick with validation on 3 seeds the search never used. Forgetting a class improves on the
-    # original by tens of points at every corner of the space (PICK_IMPROVEMENT_MIN), so the
-    # pick must be endorsed: the alias is set and loads.
+    # pick with validation on 5 seeds the search never used (the default). Forgetting a class
+    # improves on the original on every seed at every corner of the space: taking each seed's
+    # worst corner, the paired 95% interval's low end over seeds 0-4 was 8.6-9.3 in the cells
+    # (benchmarks/margins.py pick; per seed 14.5-42.2, the membership attack flipping on some),
+    # so the pick must be endorsed: the alias is set and loads.
     out_json = tmp_path / "pick.json"
-    assert main(["pick", "tiny", "--storage", str(storage), "--rule", "min-avg_gap", "--validate-seeds", "3",
-                 "--alias", "validated", "--json", str(out_json), "--no-progress"]) == 0
+    assert main(["pick", "tiny", "--storage", str(storage), "--rule", "min-avg_gap", "--alias", "validated",
+                 "--json", str(out_json), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     picked = json.loads(out_json.read_text())
     assert set(picked) >= {"trial_id", "config", "search", "validation", "model_uri"}
@@ -143,35 +145,40 @@ def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, ca
     chosen = df.set_index("trial_id").loc[picked["trial_id"]]
     assert picked["search"]["avg_gap"] == pytest.approx(df["avg_gap"].min()) == pytest.approx(chosen["avg_gap"])
     v = picked["validation"]
-    assert v["seeds"] == [2, 3, 4] and v["diverged"] == []
+    assert v["seeds"] == [2, 3, 4, 5, 6] and v["diverged"] == []
     for key in ("avg_gap", "avg_gap_original", "improvement"):
         assert v[key]["ci95_low"] <= v[key]["mean"] <= v[key]["ci95_high"]
     assert v["improvement"]["mean"] == pytest.approx(v["avg_gap_original"]["mean"] - v["avg_gap"]["mean"])
-    assert v["improvement"]["mean"] > PICK_IMPROVEMENT_MIN and v["improves_on_original"] is True
+    assert v["improvement"]["ci95_low"] > 0 and v["improves_on_original"] is True
+    assert [m["seed"] for m in v["per_seed"]] == v["seeds"]
+    improvements = [m["avg_gap_original"] - m["avg_gap"] for m in v["per_seed"]]
+    assert v["improvement"]["mean"] == pytest.approx(sum(improvements) / 5)
     assert "held-out seeds" in printed and "search seeds" in printed
     assert picked["model_uri"] == "models:/tiny@validated" and "registered models:/tiny@validated" in printed
     version = client.get_model_version("tiny", str(picked["version"]))
     assert version.run_id == chosen["mlflow_run_id"]
     assert client.get_model_version_by_alias("tiny", "validated").version == version.version
-    assert version.tags["selection_rule"] == "min-avg_gap" and version.tags["validation_seeds"] == "2,3,4"
+    assert version.tags["selection_rule"] == "min-avg_gap" and version.tags["validation_seeds"] == "2,3,4,5,6"
     assert version.tags["forget_digest"] and version.tags["improves_on_original"] == "true"
     run_metrics = client.get_run(chosen["mlflow_run_id"]).data.metrics
     assert run_metrics["validation.avg_gap.mean"] == pytest.approx(v["avg_gap"]["mean"])
     assert isinstance(mlflow.pytorch.load_model("models:/tiny@validated"), torch.nn.Module)
 
 
+# Provisional (set from benchmarks/margins.py group prune below).
+PRUNE_AT = 20
+
 FAULTY = f"""\
 name: faulty
 forget: class:3
-width: 4
-recipe: {{epochs: 1}}
+{TINY_YAML}
 fixed: {{epochs: 1}}
 search:
   trim_ratio: {{type: loguniform, low: 0.005, high: 0.95}}
   lr: {{type: choice, values: [0.0001, 0.005, 1000000.0]}}
 # After the preset's point ({HEALTHY}): a diverging lr, then a repair that cannot recover.
 start: [{{trim_ratio: 0.01, lr: 1000000.0}}, {COLLAPSED}]
-early_stopping: {{metric: train_acc_retain, min_value: {{prune_at}}, after_epoch: 0}}
+early_stopping: {{metric: train_acc_retain, min_value: {PRUNE_AT}, after_epoch: 0}}
 objectives: [{{metric: gap_UA, direction: min}}, {{metric: RA, direction: max}}]
 trials: 9
 seeds: [0]
@@ -181,17 +188,19 @@ max_concurrent: 1
 
 
 @pytest.mark.slow
-def test_failed_and_pruned_trials_are_recorded_and_the_sweep_completes(tmp_path, no_ray, monkeypatch):
+def test_failed_and_pruned_trials_are_recorded_and_the_sweep_completes(tmp_path, no_ray, monkeypatch,
+                                                                       tiny_references):
     """The three points run first, whatever the sampler draws: one repairs, one diverges (lr 1e6:
     the loss becomes non-finite), one is pruned by the early-stopping rule. Also --trials and
     --name override the YAML, and MLFLOW_TRACKING_URI is where the runs go."""
     storage, tracking = tmp_path / "runs", tmp_path / "elsewhere.db"
     space = tmp_path / "faulty.yaml"
-    space.write_text(FAULTY.format(prune_at=PRUNE_AT))
+    space.write_text(FAULTY)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tracking}")
+    shutil.copytree(tiny_references, storage / "faulty-run" / "references")
     assert main(["sweep", str(space), "--storage", str(storage), "--trials", "3", "--name", "faulty-run",
                  "--no-progress"]) == 0
-    assert not (storage / "faulty").exists() and not (storage / "mlflow.db").exists()
+    assert not (storage / "faulty" / "results.parquet").exists() and not (storage / "mlflow.db").exists()
     df = ResultsTable(storage / "faulty-run" / "results.parquet").read()
     assert len(df) == 3
     by_status = {status: rows for status, rows in df.groupby("status")}

@@ -39,9 +39,12 @@ def train_outside_the_tool(code_dir, classes: int = 3):
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
     model.eval()
-    with torch.no_grad():
-        acc = 100 * (model(x).argmax(1) == y).float().mean().item()
-    return model, acc
+
+    def accuracy_on(rows: list[int]) -> float:
+        with torch.no_grad():
+            return 100 * (model(x[rows]).argmax(1) == y[rows]).float().mean().item()
+
+    return model, accuracy_on
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +52,14 @@ def user(tmp_path_factory):
     """Everything a user brings, written once for the module."""
     root = tmp_path_factory.mktemp("user")
     write_model_module(root / "code")
-    model, acc = train_outside_the_tool(root / "code")
+    model, accuracy_on = train_outside_the_tool(root / "code")
     save_file(model.state_dict(), root / "weights.safetensors")
     ids = write_imagefolder(root / "images")
     parquet_ids = write_parquet(root / "digits.parquet")
     deleted = ids[5:65:6]  # ten samples of two classes
     (root / "delete.txt").write_text("\n".join(deleted) + "\n")
     (root / "delete_parquet.txt").write_text("\n".join(parquet_ids[5:65:6]) + "\n")
-    return {"root": root, "train_acc": acc, "deleted": deleted}
+    return {"root": root, "accuracy_on": accuracy_on, "ids": ids, "deleted": deleted}
 
 
 def unlearn(user, tmp_path, *extra, json_name="out.json"):
@@ -75,9 +78,12 @@ def test_unlearn_a_user_model_with_retrain_and_without(user, tmp_path, capsys, m
     assert unlearn(user, tmp_path, "--retrain", "train", json_name="train.json") == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "train.json").read_text())
-    # The user's weights are the original: evaluated as trained outside (RA is the training
-    # accuracy on the retain part), never trained again; the retrain model is built once.
-    assert abs(report["original"]["RA"] - user["train_acc"]) < 3
+    # The user's weights are the original: evaluated as trained outside, never trained again
+    # (RA is its accuracy on the training images not deleted, computed here outside the tool;
+    # the tool sums the normalisation statistics in its own order of the files, so at most a
+    # prediction on a float tie may differ); the retrain model is built once.
+    kept = [i for i, sample_id in enumerate(user["ids"]) if sample_id not in set(user["deleted"])]
+    assert abs(report["original"]["RA"] - user["accuracy_on"](kept)) <= 100 / len(kept)
     assert report["original"]["UA"] < 10, "the original model should know the samples it was trained on"
     assert sorted(log.read_text().split()[::2]) == ["original", "retrain"]
     assert set(report) >= {"original", "retrain", "unlearned", "avg_gap", "avg_gap_original", "forget_set", "layers"}
@@ -277,7 +283,7 @@ def test_a_local_hugging_face_model_is_the_original_by_default(user, tmp_path, c
     with torch.no_grad():
         logits = ResNetForImageClassification.from_pretrained(tmp_path / "hf").eval()((xt - mean) / std).logits
     expected = 100 * float((F.softmax(logits, dim=1).argmax(1) == torch.from_numpy(yt[keep])).float().mean())
-    assert report["original"]["TA"] == expected
+    assert report["original"]["TA"] == round(expected, 4)  # reports carry 4 decimals
     capsys.readouterr()
     assert main(["unlearn", "--model", f"hf:{tmp_path / 'nope'}", "--cache-dir", str(tmp_path / "c2")]) == 2
     assert "no config.json" in capsys.readouterr().err and not (tmp_path / "c2").exists()
