@@ -80,7 +80,8 @@ def ssd(seed: int, cache: Path):
     yield from baselines(seed, cache, ("ssd",))
 
 
-GROUPS = {"ssd": ssd, "diffusion": diffusion, "baselines": baselines, "classwise": classwise, "pick": pick, "prune": prune}
+GROUPS = {"baselines": baselines, "ssd": ssd, "classwise": classwise, "pick": pick, "prune": prune,
+          "diffusion": diffusion}
 
 
 def cell() -> str:

@@ -22,7 +22,7 @@ TINY = diffusion_tiny()
 # The tiny run as flags: `scissorhands unlearn --task diffusion` must build the same config.
 TINY_FLAGS = ("--image-size 8 --gen-widths 16 32 --gen-attention-head-dim 8 --gen-steps 250 --gen-batch-size 32 "
               "--gen-warmup-steps 20 --gen-ema-decay 0.98 --clf-epochs 3 --score-batches 2 --score-batch-size 32 "
-              "--trim-ratio 0.01 --epochs 2 --steps-per-epoch 6 --batch-size 32 --lr 1e-3 --samples-per-class 4 "
+              "--trim-ratio 0.01 --epochs 2 --steps-per-epoch 15 --batch-size 32 --lr 1e-3 --samples-per-class 8 "
               "--ddim-steps 8 --grid-columns 4 --device cpu").split()
 
 

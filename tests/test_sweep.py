@@ -77,7 +77,7 @@ def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, ca
         assert child.data.tags["forget_digest"] == child.data.tags["forget_digest.seed0"]
         for seed in (0, 1):
             history = client.get_metric_history(child.info.run_id, f"loss_retain/seed{seed}")
-            assert len(history) == 1  # one repair epoch
+            assert len(history) == 2  # two repair epochs
     by_run = {c.info.run_id: c.data.tags["pareto"] for c in children}
     for row in df.itertuples():
         assert by_run[row.mlflow_run_id] == ("true" if row.pareto else "false")
@@ -165,8 +165,10 @@ def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, ca
     assert isinstance(mlflow.pytorch.load_model("models:/tiny@validated"), torch.nn.Module)
 
 
-# Provisional (set from benchmarks/margins.py group prune below).
-PRUNE_AT = 20
+# Retain training accuracy after the first repair epoch (benchmarks/margins.py prune, seeds 0-4
+# in the cpu-matrix cells): the healthy point 59.5-81.4 (std 8), the collapsed one 0.1-12.4
+# (std 4); 30 is more than three spreads from either.
+PRUNE_AT = 30
 
 FAULTY = f"""\
 name: faulty
@@ -209,7 +211,8 @@ def test_failed_and_pruned_trials_are_recorded_and_the_sweep_completes(tmp_path,
     assert by_status["failed"]["config.lr"].tolist() == [1e6]
     assert by_status["failed"]["error"].str.contains("loss became").all()
     assert by_status["pruned"][["config.trim_ratio", "config.lr"]].values.tolist() == [[0.9, 1e-4]]
-    assert by_status["pruned"]["error"].str.match(rf"pruned: train_acc_retain [0-9.]+ < {PRUNE_AT} at epoch 0").all()
+    pruned_message = rf"pruned: train_acc_retain [0-9.]+ < {float(PRUNE_AT)} at epoch 0"
+    assert by_status["pruned"]["error"].str.match(pruned_message).all()
     bad = df[df["status"] != "ok"]
     assert not bad["pareto"].astype(bool).any()
     assert bad[["gap_UA", "RA"]].isna().all().all(), "the searcher's penalty leaked into the table"
@@ -274,6 +277,11 @@ BAD_SPECS = [
     ("name: x\nmodel: vgg\nforget: class:3\nsearch: {lr: {type: uniform, low: 0.01, high: 0.1}}\n"
      "objectives: [{metric: RA, direction: max}]\ntrials: 0\n", "trials: Input should be greater than or equal to 1"),
     ("name: x\nforget: [unclosed\n", "not valid YAML"),
+    ("name: x\nforget: class:3\nsearch: {lr: {type: uniform, low: 0.01, high: 0.1}}\nstart: [{trim_ratio: 0.1}]\n"
+     "objectives: [{metric: RA, direction: max}]\ntrials: 2\n",
+     "start.0: give exactly the searched knobs ['lr'], got ['trim_ratio']"),
+    ("name: x\nforget: class:3\nsearch: {lr: {type: uniform, low: 0.01, high: 0.1}}\nstart: [{lr: 0.5}]\n"
+     "objectives: [{metric: RA, direction: max}]\ntrials: 2\n", "start.0.lr: 0.5 lies outside its search range"),
 ]
 
 

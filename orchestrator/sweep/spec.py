@@ -171,7 +171,8 @@ class SweepSpec(BaseModel):
             raise ValueError("an objective metric is listed twice")
         for i, point in enumerate(self.start):
             if set(point) != set(self.search):
-                raise ValueError(f"start.{i}: give exactly the searched knobs {sorted(self.search)}, got {sorted(point)}")
+                raise ValueError(f"start.{i}: give exactly the searched knobs {sorted(self.search)}, "
+                                 f"got {sorted(point)}")
             outside = [k for k, v in point.items() if not self.search[k].contains(v)]
             if outside:
                 k = outside[0]
