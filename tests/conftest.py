@@ -1,42 +1,62 @@
-"""Shared fixtures: small real data, small real models, temporary caches."""
+"""Shared fixtures: small real data, small real models, temporary caches; torch threads and
+Hypothesis set so that a run can be replayed (and the cpu-matrix cells are what they say)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
-from orchestrator.config import RunConfig, TrainRecipe  # noqa: E402
-from orchestrator.methods.scissorhands import ScissorhandsConfig  # noqa: E402
+from tests.measured import as_in_a_trial, torch_threads  # noqa: E402
 
-# Small but real: ResNet-8 at width 8 on the bundled MNIST digits trains to ~95% in a few epochs.
-TINY_RECIPE = TrainRecipe(epochs=4, lr=0.1, batch_size=128)
-
-
-def tiny_config(forget: str = "class:3", seed: int = 0, **method) -> RunConfig:
-    return RunConfig(
-        model="resnet8", width=8, forget=forget, seed=seed, recipe=TINY_RECIPE, knobs=ScissorhandsConfig(**method)
-    )
+# Derandomized: a failing example is the same on every run and every machine (print_blob
+# replays it); HYPOTHESIS_PROFILE=explore draws fresh examples when looking for new bugs.
+settings.register_profile("ci", derandomize=True, print_blob=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _threads():
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(torch_threads(max(1, min(2, os.cpu_count() or 1))))
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """One torch thread for a module (tiny models run faster so, and like one Ray trial)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def trial_threads():
+    """A module's torch threads as one Ray trial gets them: OMP_NUM_THREADS, else one (tiny
+    models run faster so)."""
+    with as_in_a_trial():
+        yield
 
 
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory):
-    """One reference cache for the whole session: each tiny reference is trained once."""
-    return tmp_path_factory.mktemp("reference-cache")
+    """One reference cache for the whole session: each tiny reference is trained once.
+    SCISSORHANDS_TEST_CACHE names a folder to keep it in across sessions (one per CPU cell:
+    references trained on another cell's kernels are other models)."""
+    kept = os.environ.get("SCISSORHANDS_TEST_CACHE")
+    if kept:
+        return Path(kept)
+    # Under pytest-xdist every worker has its own base folder under one shared parent: the
+    # workers share the cache there (its lock lets one build what the other waits for).
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "reference-cache"
+    shared.mkdir(exist_ok=True)
+    return shared
+
+
+@pytest.fixture(scope="session")
+def tiny_references(shared_cache):
+    """The shared cache with the tiny recipe's references (class 3) for seeds 0-6 built: the
+    search seeds and the held-out seeds of the tests' picks."""
+    from orchestrator.sweep.summary import build_references
+    from tests.measured import tiny_space_spec
+    from tests.spaces import PICK
+
+    build_references(tiny_space_spec(seeds="[0, 1, 2, 3, 4, 5, 6]", **PICK), shared_cache, progress=False)
+    return shared_cache

@@ -51,3 +51,52 @@ def test_console_script_exit_code_and_argparse_errors(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip() == "scissorhands: error: --trim-ratio -0.2: must be in (0, 1)"
     typo = subprocess.run([*exe, "unlearn", "--trim-ratio", "abc"], capture_output=True, text=True)
     assert typo.returncode == 2 and "invalid float value: 'abc'" in typo.stderr
+
+
+def test_method_help_lists_that_methods_knobs(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["unlearn", "--method", "salun", "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert "--mask-ratio" in out and "method salun" in out and "--trim-ratio" not in out
+
+
+# Every Scissorhands flag the suite does not otherwise run: flag -> (value given, knob value read back).
+KNOB_FLAGS = {
+    "--projection-scope": ("per_layer", "per_layer"), "--memory-bn-mode": ("train", "train"),
+    "--score-bn-mode": ("eval", "eval"), "--init": ("zeros", "zeros"), "--project-every": ("2", 2),
+    "--memory-batches": ("3", 3), "--projection-eps": ("0.01", 0.01), "--project-layers": ("^fc\\.", ("^fc\\.",)),
+}
+
+
+def test_scissorhands_flags_reach_the_knobs_over_the_preset():
+    from orchestrator.cli import build_parser, run_config
+    from orchestrator.methods import get_method
+    from orchestrator.tasks import get_task
+
+    argv = ["unlearn", "--preset", "reference", "--epochs", "1"]
+    for flag, (given, _) in KNOB_FLAGS.items():
+        argv += [flag, given]
+    cfg = run_config(build_parser().parse_args(argv), get_task("classification"), get_method("scissorhands"))
+    for flag, (_, expected) in KNOB_FLAGS.items():
+        assert getattr(cfg.knobs, flag[2:].replace("-", "_")) == expected, flag
+    # Everything else is the reference preset's (not the measured small-model defaults).
+    reference = get_method("scissorhands").preset("reference")
+    assert cfg.knobs.trim_ratio == reference.trim_ratio == 0.03 and cfg.knobs.epochs == 1
+
+
+@pytest.mark.slow
+def test_train_then_unlearn_reuses_the_references_and_divergence_exits_3(tmp_path, capsys, monkeypatch):
+    log = tmp_path / "builds.log"
+    monkeypatch.setenv("SCISSORHANDS_BUILD_LOG", str(log))
+    tiny = ["--width", "4", "--train-epochs", "1", "--forget", "class:1", "--cache-dir", str(tmp_path / "cache"),
+            "--no-progress"]
+    assert main(["train", *tiny]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("original") and "\nretrain" in out and "references cached in" in out
+    assert sorted(line.split()[0] for line in log.read_text().splitlines()) == ["original", "retrain"]
+    # The references are reused (nothing trained again); an exploding lr is a divergence: exit 3, one line.
+    assert main(["unlearn", *tiny, "--lr", "1e30", "--epochs", "1"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("scissorhands: diverged: loss became") and "lower --lr" in err
+    assert len(log.read_text().splitlines()) == 2

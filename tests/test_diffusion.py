@@ -5,33 +5,41 @@ in a few minutes on 2 CPU cores; the acceptance-size numbers live in the report,
 """
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from orchestrator.diffusion.config import ClassifierRecipe, DiffusionRunConfig, GeneratorRecipe, with_knobs
+from orchestrator.diffusion.config import DiffusionRunConfig, GeneratorRecipe, with_knobs
 from orchestrator.errors import UserError
 from orchestrator.methods import get_method
-from orchestrator.methods.scissorhands_diffusion import ScissorhandsDiffusionConfig
 from orchestrator.trial import run_unlearning
+from tests.measured import (SD_FLAGS, build_tiny_sd, class_task, diffusion_tiny, erasure_quantities, original_unet,
+                             repair_quantities)
 
-TINY = DiffusionRunConfig(
-    image_size=8,
-    generator=GeneratorRecipe(widths=(16, 32), attention_head_dim=8, steps=250, batch_size=32, warmup_steps=20,
-                              ema_decay=0.98),
-    classifier=ClassifierRecipe(epochs=3),
-    knobs=ScissorhandsDiffusionConfig(score_batches=2, score_batch_size=32, trim_ratio=0.01,
-                                      epochs=2, steps_per_epoch=6, batch_size=32, lr=1e-3),
-    samples_per_class=4, ddim_steps=8, grid_columns=4, device="cpu",
-)
+TINY = diffusion_tiny()
+# Thresholds on the tiny run (benchmarks/margins.py diffusion: seeds 0-4 in the two 1-thread
+# cpu-matrix cells), each three spreads beyond the worst value measured, range and std beside.
+CLASSIFIER_TEST_ACC_MIN = 85  # 89.9-92.6, std 0.9
+ANCHOR_GAP_RATIO_MAX = 0.25  # 0.071-0.141, std 0.030
+ASCENT_LOSS_RATIO_MIN = 60  # 70.8-76.4, std 2.0
+SD_GAP_RATIO_MAX = 0.15  # 0.094-0.110, std 0.007
+RETAINED_ACC_CHANGE_MAX = 30  # 1.4-15.3 points, std 4.6
+# Points of the forget class's samples the erasure removed: 12.5-62.5 (std 17.6; 8 samples, so
+# 12.5 a sample, and the original's own share varies by seed). No three-spread margin exists on
+# one seed of this generator; what held on every seed and cell is a strictly positive drop.
+FORGET_ACC_DROP_MIN = 0
+# The tiny run as flags: `scissorhands unlearn --task diffusion` must build the same config.
+TINY_FLAGS = ("--image-size 8 --gen-widths 16 32 --gen-attention-head-dim 8 --gen-steps 250 --gen-batch-size 32 "
+              "--gen-warmup-steps 20 --gen-ema-decay 0.98 --clf-epochs 3 --score-batches 2 --score-batch-size 32 "
+              "--trim-ratio 0.01 --anchor-class 8 --epochs 2 --steps-per-epoch 15 --batch-size 32 --lr 1e-3 "
+              "--samples-per-class 8 "
+              "--ddim-steps 8 --grid-columns 4 --device cpu").split()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread):
+def _trial_threads(trial_threads):
     yield
 
 
@@ -93,7 +101,9 @@ def test_validate_prompt_mode(tmp_path):
         with_knobs(base, forget_prompts=("a cat",)).validate()
     with pytest.raises(UserError, match="must differ"):
         with_knobs(base, forget_prompts=("a cat",), anchor_prompt="a cat").validate()
-    with_knobs(base, forget_prompts=("a cat",), anchor_prompt="a dog", trim_modules=("attn2",)).validate()
+    ok = with_knobs(base, forget_prompts=("a cat",), anchor_prompt="a dog", trim_modules=("attn2",))
+    ok.validate()
+    assert (ok.forget_prompts, ok.anchor_prompt, ok.knobs.trim_modules) == (("a cat",), "a dog", ("attn2",))
     with pytest.raises(UserError, match="model_index.json"):
         DiffusionRunConfig(pretrained=str(tmp_path / ".."), forget_prompts=("x",), anchor_prompt="y").validate()
 
@@ -147,7 +157,9 @@ def test_format_table():
     sd = {"original": {"forget_anchor_gap": 0.1, "forget_loss": 1.0, "retain_loss": 1.0}, "retrain": None,
           "unlearned": {"forget_anchor_gap": 0.01, "forget_loss": 1.0, "retain_loss": 1.0, "retain_drift": 0.1,
                         "RTE_s": 1.0, "gap_ratio": 0.1}}
-    assert "gap" in format_table(sd)
+    sd_text = format_table(sd)
+    assert "0.100000" in sd_text and "0.010000" in sd_text  # both models' forget-anchor gaps, as given
+    assert "unlearned / original: 0.100" in sd_text and "forget_acc" not in sd_text
 
 
 def test_frechet_distance_matches_closed_form():
@@ -219,29 +231,12 @@ def test_presets_select_the_documented_modules():
 # ------------------------------------------------------------------------------------------ runs
 
 
-def _task(cfg, unet_device="cpu", anchor_class=None):
-    from orchestrator.data import ForgetSpec, load_dataset, split_forget
-    from orchestrator.diffusion.references import resize_uint8, to_signed
-    from orchestrator.diffusion.sampling import alphas_cumprod
-    from orchestrator.diffusion.tasks import ClassTask
-
-    data = split_forget(load_dataset("mnist5k"), ForgetSpec.parse(cfg.forget), cfg.seed)
-    return ClassTask(
-        to_signed(resize_uint8(data.x_forget, cfg.image_size)), cfg.forget_class(),
-        to_signed(resize_uint8(data.x_retain, cfg.image_size)), data.y_retain, 10,
-        alphas_cumprod(cfg.generator.noise_schedule, cfg.generator.train_timesteps), cfg.generator.p_uncond,
-        anchor_class,
-    )
+def _task(cfg, anchor_class=None):
+    return class_task(cfg, anchor_class)
 
 
 def _original(tiny_run):
-    result, _, _ = tiny_run
-    from orchestrator.diffusion.unet import build_class_unet
-
-    unet = build_class_unet(TINY.generator, TINY.image_size, 1, 10)
-    path = Path(result.extras["references"]["original"]) / "model.pt"
-    unet.load_state_dict(torch.load(path, weights_only=True))
-    return unet.eval()
+    return original_unet(TINY, tiny_run[0])
 
 
 @pytest.mark.slow
@@ -250,12 +245,13 @@ def test_end_to_end_report_artifacts_and_history(tiny_run):
     report = result.report
     for role in ("original", "retrain", "unlearned"):
         assert set(report[role]) >= {"forget_acc", "retained_acc", "fid"}
-        for key in ("forget_acc", "retained_acc"):
-            assert 0.0 <= report[role][key] <= 100.0
-        assert report[role]["fid"] >= 0.0
     assert report["unlearned"]["RTE_s"] > 0
     assert report["config"]["method"] == "scissorhands_diffusion"
-    json.dumps(report)  # the JSON contract is serialisable as is
+    assert json.loads(json.dumps(report)) == report  # the JSON contract is plain JSON as is
+    # The erasure erases: the forget class's samples stop showing it, the others stay.
+    q = erasure_quantities(result)
+    assert q["forget_acc_drop"] > FORGET_ACC_DROP_MIN
+    assert q["retained_acc_change"] < RETAINED_ACC_CHANGE_MAX
     assert DiffusionRunConfig.from_dict({k: v for k, v in report["config"].items() if k != "task"}) == TINY
     # per-class accuracies for every class, the forget class included
     assert set(result.extras["unlearned"]["per_class_acc"]) == {str(c) for c in range(10)}
@@ -272,7 +268,7 @@ def test_end_to_end_report_artifacts_and_history(tiny_run):
     assert all(isinstance(v, float) for rec in epochs for k, v in rec.items() if k != "epoch")
     assert epochs == result.history
     # the classifier the metrics rely on is a real one
-    assert result.extras["classifier"]["test_acc"] > 80.0
+    assert q["classifier_test_acc"] > CLASSIFIER_TEST_ACC_MIN
     kinds = sorted(line.split()[0] for line in log.read_text().splitlines())
     assert kinds == ["diffusion-classifier", "diffusion-original", "diffusion-retrain"]
 
@@ -378,39 +374,29 @@ def test_threshold_over_all_parameters_still_trims_only_selected(tiny_run):
     assert res.stats["n_scored"] == sum(p.numel() for p in unet.parameters())
 
 
-def _probe_gap(unet, task, anchor: int, seed: int = 0):
-    """Mean squared distance between eps(x_t, forget) and eps(x_t, anchor) on fixed noised forget images."""
-    from orchestrator.diffusion.sampling import q_sample
-
-    g = torch.Generator().manual_seed(seed)
-    x0 = task.x_forget[:128]
-    t = torch.randint(0, len(task.abar), (len(x0),), generator=g)
-    noise = torch.randn(x0.shape, generator=g)
-    x_t = q_sample(x0, t, noise, task.abar)
-    with torch.no_grad():
-        e_f = unet(x_t, t, class_labels=torch.full((len(x0),), task.forget_class)).sample
-        e_a = unet(x_t, t, class_labels=torch.full((len(x0),), anchor)).sample
-    return float(F.mse_loss(e_f, e_a)), float(F.mse_loss(e_f, noise))
+@pytest.mark.slow
+def test_anchor_repair_maps_forget_onto_anchor_and_ascent_raises_forget_loss(tiny_run):
+    q = repair_quantities(TINY, _original(tiny_run))
+    assert q["anchor_gap_ratio"] < ANCHOR_GAP_RATIO_MAX
+    assert q["ascent_loss_ratio"] > ASCENT_LOSS_RATIO_MIN
+    assert q["projection_rates_ok"] == 1.0
 
 
 @pytest.mark.slow
-def test_anchor_repair_maps_forget_onto_anchor_and_ascent_raises_forget_loss(tiny_run):
-    original = _original(tiny_run)
-    task = _task(TINY, anchor_class=8)
-    gap0, loss0 = _probe_gap(original, task, 8)
+def test_the_cli_runs_the_same_diffusion_run(tiny_run, cache, tmp_path):
+    """`scissorhands unlearn --task diffusion` with the tiny run's flags: the same config, the
+    cached references, and the same figures."""
+    from orchestrator.cli import main
 
-    cfg = with_knobs(TINY, anchor_class=8, forget_weight=1.0, epochs=2, steps_per_epoch=15, projection=True)
-    res = get_method("scissorhands_diffusion").run(copy.deepcopy(original), task, cfg.knobs,
-                                                   torch.Generator().manual_seed(0))
-    gap1, _ = _probe_gap(res.model, task, 8)
-    assert gap1 < 0.5 * gap0, (gap0, gap1)
-    assert all(0.0 <= h["projection_rate"] <= 1.0 for h in res.history)
-
-    cfg = with_knobs(TINY, repair="ascent", forget_weight=0.5, epochs=1, steps_per_epoch=15)
-    res = get_method("scissorhands_diffusion").run(copy.deepcopy(original), task, cfg.knobs,
-                                                   torch.Generator().manual_seed(0))
-    _, loss1 = _probe_gap(res.model, task, 8)
-    assert loss1 > loss0, (loss0, loss1)
+    out = tmp_path / "cli.json"
+    assert main(["unlearn", "--task", "diffusion", *TINY_FLAGS, "--cache-dir", str(cache), "--json", str(out),
+                 "--no-progress"]) == 0
+    report, expected = json.loads(out.read_text()), tiny_run[0].report
+    assert report["config"] == expected["config"]
+    for role in ("original", "retrain", "unlearned"):
+        got, want = dict(report[role]), dict(expected[role])
+        got.pop("RTE_s", None), want.pop("RTE_s", None)
+        assert got == want, role
 
 
 @pytest.mark.slow
@@ -425,77 +411,36 @@ def test_bad_run_inputs_fail_before_training(tmp_path):
 # ------------------------------------------------------------------------------------------ SD
 
 
-def build_tiny_sd(root: Path) -> Path:
-    """A tiny StableDiffusionPipeline from configs: UNet2DConditionModel, CLIP text model, a CLIP
-    tokenizer over a small vocabulary written here, AutoencoderKL and DDIM; saved to ``root/pipe``."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    tok = root / "tokenizer-src"
-    tok.mkdir(parents=True, exist_ok=True)
-    (tok / "vocab.json").write_text(json.dumps(vocab))
-    (tok / "merges.txt").write_text("#version: 0.2\n")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        tokenizer = CLIPTokenizer(str(tok / "vocab.json"), str(tok / "merges.txt"), model_max_length=12)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=12, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-        ))
-        unet = UNet2DConditionModel(
-            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32, norm_num_groups=8, attention_head_dim=8,
-        )
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-            up_block_types=("UpDecoderBlock2D",), block_out_channels=(16,), latent_channels=4, norm_num_groups=8,
-            sample_size=8,
-        )
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.save_pretrained(root / "pipe")
-    return root / "pipe"
-
-
 @pytest.mark.slow
 def test_stable_diffusion_concept_erasure_offline(tmp_path):
+    """`scissorhands unlearn --task diffusion --pretrained DIR` on a tiny offline pipeline."""
     pytest.importorskip("transformers")
     from PIL import Image
 
+    from orchestrator.cli import main
+
     pipe_dir = build_tiny_sd(tmp_path)
-    cfg = DiffusionRunConfig(
-        pretrained=str(pipe_dir), forget_prompts=("a cat", "a kitten"), anchor_prompt="a dog",
-        ddim_steps=4, sd_samples_per_prompt=4, device="cpu",
-        knobs=ScissorhandsDiffusionConfig(trim_modules=("attn2",), score_batches=2, epochs=2, steps_per_epoch=10,
-                                          lr=1e-3),
-    )
-    epochs = []
-    result = run_unlearning(cfg, tmp_path / "cache", progress=False, on_epoch=epochs.append)
-    report = result.report
-    assert report["retrain"] is None
+    before = folder_digest(pipe_dir)
+    out = tmp_path / "sd.json"
+    assert main(["unlearn", "--task", "diffusion", *SD_FLAGS.format(pipe=pipe_dir).split(), "--forget-prompt", "a cat",
+                 "--forget-prompt", "a kitten", "--anchor-prompt", "a dog", "--cache-dir", str(tmp_path / "cache"),
+                 "--json", str(out), "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    assert report["retrain"] is None and report["config"]["forget_prompts"] == ["a cat", "a kitten"]
     assert report["original"]["forget_anchor_gap"] > 0
-    assert report["unlearned"]["gap_ratio"] < 0.5  # forget prompts now predict like the anchor
+    assert report["unlearned"]["gap_ratio"] < SD_GAP_RATIO_MAX  # forget prompts now predict like the anchor
     assert report["unlearned"]["retain_drift"] >= 0 and report["unlearned"]["RTE_s"] > 0
-    assert all(".attn2." in n for n in result.extras["trimmed_params"])
-    assert len(epochs) == 2
-    for path in result.extras["artifacts"]:
-        assert Image.open(path).size[0] > 0
-    json.dumps(report)
+    grids = sorted((tmp_path / "cache").rglob("*.png"))
+    assert grids and all(Image.open(p).size[0] > 0 for p in grids)
+    # the user's pipeline folder is read, never written
+    assert folder_digest(pipe_dir) == before
 
-    # the pipeline on disk was not modified (only the in-memory UNet changed)
-    from diffusers import UNet2DConditionModel
 
-    on_disk = UNet2DConditionModel.from_pretrained(pipe_dir, subfolder="unet", local_files_only=True)
-    assert any(not torch.equal(a, b) for a, b in zip(on_disk.parameters(), result.model.parameters()))
+def folder_digest(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_stable_diffusion_bad_folder_is_a_user_error(tmp_path):

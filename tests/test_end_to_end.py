@@ -1,31 +1,22 @@
-"""Real training on the bundled digits, through the CLI, with the measured default knobs.
+"""Real training on the bundled digits, through the CLI, with the default knobs (preset auto) on
+the tiny ResNet-8. Every threshold is three measured spreads beyond the worst value seen on
+seeds 0-4 in the four cpu-matrix cells (benchmarks/margins.py, group classwise); the
+measured range is beside it.
 
-Assertions use margins far wider than float differences between CPUs and thread counts
-(one forget sample is 0.25 points of UA on random:0.1); `make test-1thread` runs this file
-with one torch thread to prove it."""
-import json
-
+Mislabeled forgetting is not tested here: an original that fits 450 wrong labels takes the
+full ResNet-8 about 15 epochs (the tiny recipe's 4-epoch original fits none of them: Avg. Gap
+to retrain 0.3-0.4), which is minutes per reference pair on 2 cores; its quality is the
+acceptance run `make sweep` (search_spaces/mnist5k_mislabeled.yaml), quoted in the README."""
 import pytest
 
-from orchestrator.cli import main
-
-# Exactly what a user runs: ResNet-8 with the default reference recipe and the measured defaults.
-COMMON = ["--dataset", "mnist5k", "--model", "resnet8", "--no-progress", "--seed", "0"]
-
-
-# The recipe of search_spaces/mnist5k_mislabeled.yaml: without augmentation the original fits the wrong labels.
-OVERFIT = ["--train-epochs", "15", "--train-weight-decay", "0", "--train-augment", "false"]
-
-
-def run(tmp_path, cache, name, *extra):
-    out = tmp_path / f"{name}.json"
-    assert main(["unlearn", *COMMON, "--cache-dir", str(cache), "--json", str(out), *extra]) == 0
-    return json.loads(out.read_text())
+from tests.measured import SEEDS, classwise_quantities, cli_report, mean
 
 
 @pytest.mark.slow
 def test_classwise_forgetting_erases_the_class_and_keeps_the_rest(tmp_path, shared_cache, capsys):
-    report = run(tmp_path, shared_cache, "class", "--forget", "class:3")
+    reports = [cli_report(tmp_path, shared_cache, f"class{seed}", "--forget", "class:3", "--seed", str(seed))
+               for seed in SEEDS]
+    report = reports[0]
     assert set(report) == {"original", "retrain", "unlearned", "avg_gap", "avg_gap_original", "config", "forget_set",
                            "layers"}
     assert report["forget_set"]["size"] == len(report["forget_set"]["ids"]) > 0
@@ -33,31 +24,20 @@ def test_classwise_forgetting_erases_the_class_and_keeps_the_rest(tmp_path, shar
     for role in ("original", "retrain"):
         assert set(report[role]) == {"UA", "RA", "TA", "MIA"}
     assert set(report["unlearned"]) == {"UA", "RA", "TA", "MIA", "RTE_s"}
-    assert report["config"]["knobs"]["trim_ratio"] > 0 and report["config"]["forget"] == "class:3"
-    u, rt = report["unlearned"], report["retrain"]
-    assert report["original"]["UA"] < 10, "the original model should know class 3"
-    assert u["UA"] >= 90
-    assert abs(u["RA"] - rt["RA"]) <= 3
-    assert report["avg_gap"] < report["avg_gap_original"]
+    assert report["config"]["knobs"]["trim_ratio"] == 0.01  # preset auto's, for a small model and a class
     table = capsys.readouterr().out
     assert "unlearned" in table and "Avg. Gap" in table
-
-
-@pytest.mark.slow
-def test_removing_mislabeled_samples_moves_far_toward_retrain(tmp_path, shared_cache):
-    report = run(tmp_path, shared_cache, "mislabeled", "--forget", "mislabeled:0.1", *OVERFIT)
-    o, u, rt = report["original"], report["unlearned"], report["retrain"]
-    # The original fits the wrong labels, the retrain model never saw them: a gap of many points.
-    assert report["avg_gap_original"] > 5
-    assert report["avg_gap"] < 0.6 * report["avg_gap_original"]
-    assert u["UA"] - o["UA"] > 10, "the wrong labels must be unlearned"
-    # Utility stays near the retrain model's (measured 2.6 / 3.1 points below it on seed 0).
-    assert abs(u["RA"] - rt["RA"]) <= 6 and abs(u["TA"] - rt["TA"]) <= 6
+    q = {key: mean(classwise_quantities(r)[key] for r in reports) for key in classwise_quantities(report)}
+    # Means over seeds 0-2; measured per seed over seeds 0-4 x 4 cells (and the worst 3-seed mean):
+    assert q["original_UA"] < 7, "the original model should know class 3"  # 1.8-4.7 (worst mean 4.5)
+    assert q["UA"] > 99  # 100.0 on every seed and cell
+    assert q["RA_gap"] < 2.5  # 0.17-1.36 (worst mean 1.17, std 0.44)
+    assert q["improvement"] > 20  # 21.6-48.0 (worst mean 38.0, std 7.9)
 
 
 @pytest.mark.slow
 def test_same_seed_same_metrics(tmp_path, shared_cache):
-    a = run(tmp_path, shared_cache, "a", "--forget", "class:3", "--epochs", "2")
-    b = run(tmp_path, shared_cache, "b", "--forget", "class:3", "--epochs", "2")
+    a = cli_report(tmp_path, shared_cache, "a", "--forget", "class:3", "--epochs", "2")
+    b = cli_report(tmp_path, shared_cache, "b", "--forget", "class:3", "--epochs", "2")
     a["unlearned"].pop("RTE_s"), b["unlearned"].pop("RTE_s")
     assert a == b

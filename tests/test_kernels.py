@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kernels
@@ -20,7 +20,7 @@ from kernels import fused, native, reference, selection
 from kernels.reference import InitSpec, Threshold
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=100, deadline=None)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SCORES = kernels.SCORES

@@ -125,3 +125,86 @@ def test_per_layer_projection_fixes_every_conflicting_layer():
     for i, (a, b) in enumerate(zip(g_proj, r)):
         assert float((a * b).sum()) >= -1e-6
         assert (coef[i] > 0) == (float((g[i] * b).sum()) < 0)
+
+
+def test_init_zeros_sets_every_trimmed_entry_to_zero(data):
+    cfg = ScissorhandsConfig(trim_ratio=0.05, init="zeros")
+    model = tiny_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    grad_sums = sensitivity(model, data, cfg, torch.Generator().manual_seed(0), backend=None)
+    _, trimmed = trim(model, grad_sums, cfg, LATE, torch.Generator().manual_seed(1), backend=None)
+    changed = [p.detach() != b for p, b in zip(model.parameters(), before)]
+    assert 0 < sum(int(c.sum()) for c in changed) <= trimmed
+    assert all((p.detach()[c] == 0).all() for p, c in zip(model.parameters(), changed))
+
+
+def test_score_bn_mode_eval_scores_with_running_statistics(data):
+    model = tiny_model()
+    running = [b.clone() for b in model.buffers()]
+    sensitivity(model, data, ScissorhandsConfig(score_bn_mode="eval"), torch.Generator().manual_seed(0), backend=None)
+    assert not model.training and all(torch.equal(a, b) for a, b in zip(model.buffers(), running))
+
+
+def _projection(model, names, **options):
+    from orchestrator.methods.shared import GradientProjection
+
+    settings = {"strength": 0.0, "eps": 1e-3, "scope": "global", "every": 1, "backend": "reference", **options}
+    return GradientProjection(model, names, **settings)
+
+
+def test_memory_sums_its_batches_on_a_copy_in_the_chosen_bn_mode():
+    model = tiny_model()
+    seen = []
+
+    def forget_grads(frozen, params):
+        seen.append((frozen is not model, frozen.training))
+        return [torch.ones_like(p) for p in params]
+
+    for train_mode in (False, True):
+        projection = _projection(model, ["fc.weight", "fc.bias"])
+        projection.remember(forget_grads, 3, train_mode=train_mode)
+        assert all(torch.equal(m, torch.full_like(m, -3.0)) for m in projection.memory)  # r = -(sum of 3 grads)
+        assert seen[-3:] == [(True, train_mode)] * 3
+
+
+def test_project_every_and_projection_eps():
+    model = tiny_model()
+    names = ["fc.weight", "fc.bias"]
+    params = [dict(model.named_parameters())[n] for n in names]
+
+    def conflicting_step(projection, step):
+        for p in params:
+            p.grad = torch.ones_like(p)  # opposes r = -1 everywhere
+        fired = projection(step)["projection_rate"]
+        return fired, sum(float((p.grad * -1).sum()) for p in params)  # g . r after the hook
+
+    every = _projection(model, names, every=2)
+    every.remember(lambda frozen, ps: [torch.ones_like(p) for p in ps], 1, train_mode=False)
+    fired = [conflicting_step(every, step)[0] for step in range(4)]
+    assert fired == [1.0, 0.0, 1.0, 0.0]
+    dots = {}
+    for eps in (1e-6, 100.0):
+        projection = _projection(model, names, eps=eps)
+        projection.memory = list(every.memory)
+        dots[eps] = conflicting_step(projection, 0)[1]
+    n = sum(p.numel() for p in params)
+    # g.r goes from -n to about -n * eps / (n + eps): a larger eps leaves more of the conflict.
+    assert dots[1e-6] == pytest.approx(-n * 1e-6 / (n + 1e-6), abs=1e-4)
+    assert dots[100.0] == pytest.approx(-n * 100.0 / (n + 100.0), rel=1e-4)
+
+
+def test_project_layers_choose_the_projected_parameters():
+    from orchestrator.methods.scissorhands import layer_selection
+
+    model = tiny_model()
+    assert layer_selection(model, ScissorhandsConfig(project_layers=(r"^fc\.",)))["project"] == ["fc.weight", "fc.bias"]
+    assert "layer3.0.bn1.weight" in layer_selection(model, ScissorhandsConfig())["project"]
+
+
+@pytest.mark.parametrize("name, blocks", [("resnet18", 4), ("resnet20", 3)])
+def test_the_larger_built_in_models_build_and_classify(name, blocks):
+    model = build_model(name, 3, 10).eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    layers = {n.split(".")[0] for n, _ in model.named_parameters() if n.startswith("layer")}
+    assert len(layers) == blocks

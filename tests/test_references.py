@@ -5,7 +5,7 @@ import torch
 
 from orchestrator.references import get_reference
 from orchestrator.tasks.classification import prepare
-from tests.conftest import tiny_config
+from tests.measured import tiny_config
 
 
 def _builds(log: Path) -> list[str]:

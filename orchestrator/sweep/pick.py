@@ -71,13 +71,15 @@ def validate(spec, searched: dict, seeds: list[int], cache_dir: Path, progress: 
 
     from orchestrator.sweep.seed_runs import run_seed
 
-    per_seed, diverged = [], []
+    per_seed, diverged, ran = [], [], []
     for seed in tqdm(seeds, desc="validate on held-out seeds", unit="seed", disable=not progress):
         try:
             per_seed.append(run_seed(spec, searched, seed, cache_dir, build=True, progress=progress).metrics)
+            ran.append(seed)
         except DivergenceError as exc:
             diverged.append({"seed": seed, "error": str(exc)})
-    out: dict = {"seeds": seeds, "diverged": diverged}
+    # Each held-out seed's own figures too: a mean hides which seed fell short.
+    out: dict = {"seeds": seeds, "diverged": diverged, "per_seed": [{"seed": s, **m} for s, m in zip(ran, per_seed)]}
     keys = per_seed[0] if per_seed else {}
     out["metrics"] = {k: summarize(m[k] for m in per_seed).as_dict() for k in keys}
     for key in ("avg_gap", "avg_gap_original"):

@@ -88,6 +88,7 @@ class MethodSpace(BaseModel):
     preset: str = "auto"
     fixed: dict[str, Any] = {}
     search: dict[str, Distribution]
+    start: list[dict[str, Any]] = []
 
 
 class SweepSpec(BaseModel):
@@ -114,6 +115,9 @@ class SweepSpec(BaseModel):
     classifier: dict[str, Any] = {}  # diffusion: the evaluation classifier's recipe
     fixed: dict[str, Any] = {}
     search: dict[str, Distribution] = {}
+    # Points the searcher runs first (after the preset's, when it lies in the ranges): known
+    # settings, e.g. a paper's, each giving every searched knob a value inside its range.
+    start: list[dict[str, Any]] = []
     # A comparison: each method its own space, the same trial budget (``trials`` each) and seeds.
     methods: dict[str, MethodSpace] | None = None
     objectives: list[ObjectiveSpec] = Field(min_length=1)
@@ -128,8 +132,8 @@ class SweepSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "SweepSpec":
         if self.methods is not None:
-            if self.method or self.search or self.fixed or self.preset != "auto":
-                raise ValueError("'methods' replaces method, preset, fixed and search; give those per method")
+            if self.method or self.search or self.fixed or self.start or self.preset != "auto":
+                raise ValueError("'methods' replaces method, preset, fixed, search and start; give those per method")
             if not self.methods:
                 raise ValueError("'methods' needs at least one method")
             self.per_method()  # validates each method's space
@@ -165,6 +169,14 @@ class SweepSpec(BaseModel):
                                  f"no retrain model; use raw metrics: {', '.join(raw)}")
         if len({o.metric for o in self.objectives}) != len(self.objectives):
             raise ValueError("an objective metric is listed twice")
+        for i, point in enumerate(self.start):
+            if set(point) != set(self.search):
+                raise ValueError(f"start.{i}: give exactly the searched knobs {sorted(self.search)}, "
+                                 f"got {sorted(point)}")
+            outside = [k for k, v in point.items() if not self.search[k].contains(v)]
+            if outside:
+                k = outside[0]
+                raise ValueError(f"start.{i}.{k}: {point[k]!r} lies outside its search range")
         both = sorted(set(self.fixed) & set(self.search))
         if both:
             raise ValueError(f"knob(s) {both} are both fixed and searched")
@@ -205,6 +217,11 @@ class SweepSpec(BaseModel):
         preset = method.preset(self.preset, **task.preset_context(cfg))
         knobs = {k: v for k, v in chosen.items() if k not in settings}
         return dataclasses.replace(cfg, knobs=method.config(preset, **knobs))
+
+    def first_points(self) -> list[dict]:
+        """What the searcher runs before it samples: the preset's point (when inside the ranges), then ``start``."""
+        default = self.default_point()
+        return [default] * (default is not None and default not in self.start) + list(self.start)
 
     def default_point(self) -> dict | None:
         """The preset's values of the searched knobs, when all lie inside the ranges: trial 0."""
@@ -272,7 +289,8 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise UserError(f"search space {path}: {loc}: {msg}") from None
     try:  # semantic checks that need the project's registries (model, forget spec, knob values)
         for sub in spec.per_method():
-            sub.run_config(sub.default_point() or {}, sub.seeds[0]).validate()
+            for point in [sub.default_point() or {}, *sub.start]:
+                sub.run_config(point, sub.seeds[0]).validate()
     except (UserError, TypeError) as exc:
         raise UserError(f"search space {path}: {exc}") from None
     return spec

@@ -79,6 +79,9 @@ def run_trial(searched: dict, ctx: TrialContext) -> dict:
             runs.append(run_seed(spec, searched, seed, cache_dir, build=False, on_epoch=on_epoch,
                                  artifact_dir=cache_dir / "trials" / trial_id / str(seed)))
             client.set_tag(run_id, f"forget_digest.seed{seed}", runs[-1].forget_digest)
+            # Each seed's own figures beside the means: the logged model is the first seed's,
+            # and a mean hides which seed fell short.
+            client.log_batch(run_id, metrics=[_metric(f"{k}/seed{seed}", v) for k, v in runs[-1].metrics.items()])
         # The logged model is the first seed's: its forget set is the one tagged forget_digest.
         client.set_tag(run_id, "forget_digest", runs[0].forget_digest)
         metrics = aggregate([r.metrics for r in runs])

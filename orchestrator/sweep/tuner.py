@@ -159,11 +159,11 @@ def _tuner(spec: SweepSpec, store: SweepStore, tune_name: str, ctx: TrialContext
     if resume:
         return tune.Tuner.restore(store.uri(f"{spec.name}/{tune_name}"), run, resume_errored=False,
                                   restart_errored=True)
-    default = spec.default_point()
+    first = spec.first_points()
     searcher = OptunaSearch(
         metric=[o.metric for o in spec.objectives],
         mode=[o.direction for o in spec.objectives],
-        points_to_evaluate=[default] if default else None,
+        points_to_evaluate=first or None,
         sampler=TPESampler(seed=spec.sampler_seed, n_startup_trials=min(6, spec.trials), multivariate=True),
     )
     return tune.Tuner(
