@@ -22,11 +22,11 @@ TINY = diffusion_tiny()
 # Thresholds on the tiny run (benchmarks/margins.py diffusion: seeds 0-4 in the two 1-thread
 # cpu-matrix cells), each three spreads beyond the worst value measured, range and std beside.
 CLASSIFIER_TEST_ACC_MIN = 85  # 89.9-92.6, std 0.9
-ANCHOR_GAP_RATIO_MAX = 0.25  # 0.071-0.141, std 0.030
-ASCENT_LOSS_RATIO_MIN = 60  # 70.8-76.4, std 2.0
-SD_GAP_RATIO_MAX = 0.15  # 0.094-0.110, std 0.007
-RETAINED_ACC_CHANGE_MAX = 30  # 1.4-15.3 points, std 4.6
-# Points of the forget class's samples the erasure removed: 12.5-62.5 (std 17.6; 8 samples, so
+ANCHOR_GAP_RATIO_MAX = 0.25  # 0.071-0.141, std 0.025
+ASCENT_LOSS_RATIO_MIN = 35  # 70.8-99.7, std 11.6
+SD_GAP_RATIO_MAX = 0.16  # 0.094-0.120, std 0.011
+RETAINED_ACC_CHANGE_MAX = 31  # 0.0-15.3 points, std 5.1
+# Points of the forget class's samples the erasure removed: 12.5-62.5 (std 19.9; 8 samples, so
 # 12.5 a sample, and the original's own share varies by seed). No three-spread margin exists on
 # one seed of this generator; what held on every seed and cell is a strictly positive drop.
 FORGET_ACC_DROP_MIN = 0
@@ -247,7 +247,8 @@ def test_end_to_end_report_artifacts_and_history(tiny_run):
         assert set(report[role]) >= {"forget_acc", "retained_acc", "fid"}
     assert report["unlearned"]["RTE_s"] > 0
     assert report["config"]["method"] == "scissorhands_diffusion"
-    assert json.loads(json.dumps(report)) == report  # the JSON contract is plain JSON as is
+    plain = json.loads(json.dumps(report, allow_nan=False))  # the JSON contract is plain JSON as is
+    assert all(plain[role] == report[role] for role in ("original", "retrain", "unlearned"))
     # The erasure erases: the forget class's samples stop showing it, the others stay.
     q = erasure_quantities(result)
     assert q["forget_acc_drop"] > FORGET_ACC_DROP_MIN
@@ -392,7 +393,7 @@ def test_the_cli_runs_the_same_diffusion_run(tiny_run, cache, tmp_path):
     assert main(["unlearn", "--task", "diffusion", *TINY_FLAGS, "--cache-dir", str(cache), "--json", str(out),
                  "--no-progress"]) == 0
     report, expected = json.loads(out.read_text()), tiny_run[0].report
-    assert report["config"] == expected["config"]
+    assert report["config"] == json.loads(json.dumps(expected["config"]))
     for role in ("original", "retrain", "unlearned"):
         got, want = dict(report[role]), dict(expected[role])
         got.pop("RTE_s", None), want.pop("RTE_s", None)
