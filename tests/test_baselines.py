@@ -29,7 +29,8 @@ def _trial_threads(trial_threads):
 
 # Per method, the least mean gain over seeds 0-2 a run must show, three spreads of a 3-seed
 # mean (std / sqrt 3) below the worst 3-seed mean measured on seeds 0-4 in three cpu-matrix
-# cells, plain-1t, avx2-sse41-1t, plain-2t (benchmarks/margins.py baselines). Beside each: the per-seed range, and the worst mean.
+# cells, plain-1t, avx2-sse41-1t and plain-2t (benchmarks/margins.py baselines). Beside each:
+# the per-seed range, and the worst mean.
 # None: no margin exists (not asserted; UA is).
 THRESHOLDS = {
     "finetune": {"ua_gain": 55,  # 56.8-96.9, worst mean 80.5, std 12.8

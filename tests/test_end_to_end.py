@@ -28,7 +28,8 @@ def test_classwise_forgetting_erases_the_class_and_keeps_the_rest(tmp_path, shar
     table = capsys.readouterr().out
     assert "unlearned" in table and "Avg. Gap" in table
     q = {key: mean(classwise_quantities(r)[key] for r in reports) for key in classwise_quantities(report)}
-    # Means over seeds 0-2; measured per seed over seeds 0-4 x 3 cells (plain-1t, avx2-sse41-1t, plain-2t) (and the worst 3-seed mean):
+    # Means over seeds 0-2; measured per seed over seeds 0-4 in cells plain-1t, avx2-sse41-1t and
+    # plain-2t (and the worst 3-seed mean):
     assert q["original_UA"] < 7, "the original model should know class 3"  # 1.8-4.7 (worst mean 4.5)
     assert q["UA"] > 99  # 100.0 on every seed and cell
     assert q["RA_gap"] < 2.5  # 0.17-1.36 (worst mean 1.17, std 0.44)
