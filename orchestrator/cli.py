@@ -1,4 +1,6 @@
-"""The ``scissorhands`` command: argument parsing only; each subcommand calls one function."""
+"""The ``scissorhands`` command: each subcommand turns its flags into one library call and prints
+the result; ``frontier`` and ``pick`` also sync the sweep store (``--storage``, a folder or a
+bucket): they pull the sweep's results, and ``pick`` pushes the held-out seeds' references back."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from orchestrator.errors import DivergenceError, UserError
-from orchestrator.flags import add_config_flags, config_from_args, picked
+from orchestrator.errors import DivergenceError, FieldError, UserError
+from orchestrator.flags import add_config_flags, config_from_args, flag_for, picked
 
 
 def add_run_flags(parser: argparse.ArgumentParser, task, method=None) -> None:
@@ -157,20 +159,16 @@ def cmd_ui(args) -> int:
     exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
     cmd = [exe, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
     print(" ".join(cmd), flush=True)
-    os.execv(exe, cmd)
-    return 0
+    os.execv(exe, cmd)  # replaces this process: never returns
 
 
 def build_parser(task_name: str = "classification", method_name: str | None = None) -> argparse.ArgumentParser:
     """The parser; ``train`` and ``unlearn`` carry the flags of the chosen task and method."""
-    from orchestrator.methods import get_method, list_methods
+    from orchestrator.methods import list_methods, method_for
     from orchestrator.tasks import get_task, list_tasks
 
     task = get_task(task_name)
-    method = get_method(method_name or task.default_method)
-    if method.task != task.name:
-        raise UserError(f"--method {method.name}: a {method.task} method; {task.name} methods: "
-                        f"{', '.join(list_methods(task.name))}")
+    method = method_for(method_name or task.default_method, task.name)
     parser = argparse.ArgumentParser(prog="scissorhands", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     selectors = argparse.ArgumentParser(add_help=False)
@@ -179,14 +177,15 @@ def build_parser(task_name: str = "classification", method_name: str | None = No
 
     p = sub.add_parser("train", parents=[selectors], help="train (or load from cache) the reference models")
     add_run_flags(p, task)
-    p.set_defaults(func=functools.partial(cmd_train, task=task))
+    p.set_defaults(func=functools.partial(cmd_train, task=task), config_classes=(task.config_class,))
 
     p = sub.add_parser("unlearn", parents=[selectors], help="one unlearning run, evaluated against its references")
     p.add_argument("--method", default=task.default_method,
                    help=f"{' | '.join(list_methods(task.name))} (--method NAME --help lists its knobs)")
     add_run_flags(p, task, method)
     p.add_argument("--json", default=None, help="write the result JSON here")
-    p.set_defaults(func=functools.partial(cmd_unlearn, task=task, method=method))
+    p.set_defaults(func=functools.partial(cmd_unlearn, task=task, method=method),
+                   config_classes=(task.config_class, method.config_class))
 
     storage_help = ("where sweeps live: a folder (default ./runs, also the default MLflow store) or a bucket, "
                     "s3://BUCKET/PREFIX or gs://BUCKET/PREFIX, credentials from the environment")
@@ -235,17 +234,27 @@ def build_parser(task_name: str = "classification", method_name: str | None = No
     return parser
 
 
+def error_line(exc: UserError, args: argparse.Namespace | None) -> str:
+    """The one place a config field becomes its flag: a FieldError from a command whose config
+    the flags built (train, unlearn) names the flag; any other error reads as raised."""
+    classes = getattr(args, "config_classes", ())
+    if isinstance(exc, FieldError) and classes:
+        return exc.named(flag_for(exc.field, *classes))
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     selectors = argparse.ArgumentParser(add_help=False)
     selectors.add_argument("--task", default="classification")
     selectors.add_argument("--method", default=None)
     chosen, _ = selectors.parse_known_args(argv)
+    args = None
     try:
         args = build_parser(chosen.task, chosen.method).parse_args(argv)
         return args.func(args)
     except UserError as exc:
-        print(f"scissorhands: error: {exc}", file=sys.stderr)
+        print(f"scissorhands: error: {error_line(exc, args)}", file=sys.stderr)
         return 2
     except DivergenceError as exc:
         print(f"scissorhands: diverged: {exc}", file=sys.stderr)

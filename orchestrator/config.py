@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.errors import need_positive_ints, need_sgd, within
 from orchestrator.methods import method_knobs, tuples
 
 
@@ -18,6 +19,10 @@ class TrainRecipe:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     augment: bool = True  # random shifts (and flips for natural images); off lets a model memorise
+
+    def validate(self) -> None:
+        need_positive_ints(self, ("epochs", "batch_size"))
+        need_sgd(self)
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,8 @@ class RunConfig:
         from orchestrator.models import check_model
 
         check_model(self.model, self.code_dir, self.width)
+        with within("recipe"):
+            self.recipe.validate()
         self.knobs.validate()
 
     def data_options(self) -> dict:

@@ -495,7 +495,9 @@ class UnlearnData:
     y_retain = property(lambda self: self.dataset.y_train[self.retain_idx])
 
     def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """D_test; for class-wise forgetting without the forgotten classes (metrics.md)."""
+        """D_test; for class-wise forgetting without the forgotten classes, as TA is measured in
+        Jia et al., "Model Sparsity Can Simplify Machine Unlearning" (NeurIPS 2023) and SalUn
+        (Fan et al., ICLR 2024)."""
         x, y = self.dataset.x_test, self.dataset.y_test
         if self.forget.kind == "class":
             keep = ~torch.isin(y, torch.tensor(self.forget.classes))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orchestrator.errors import UserError
+from orchestrator.errors import FieldError, UserError
 
 
 class NormalizesInput(nn.Module):
@@ -161,7 +161,7 @@ def _hf_folder(name: str) -> Path:
 def check_model(name: str, code_dir: str | None = None, width: int | None = None) -> None:
     """Everything about ``--model`` that needs no data: the name, the factory, the folder."""
     if code_dir is not None and not Path(code_dir).is_dir():
-        raise UserError(f"--code-dir {code_dir}: no such directory")
+        raise FieldError("code_dir", code_dir, "no such directory")
     if name.startswith("hf:"):
         _hf_folder(name)
     elif ":" in name:
@@ -169,7 +169,9 @@ def check_model(name: str, code_dir: str | None = None, width: int | None = None
     else:
         model_info(name)
     if width is not None and name not in MODELS:
-        raise UserError(f"--width {width}: applies to the built-in ResNets only, not {name}")
+        raise FieldError("width", width, f"applies to the built-in ResNets only, not {name}")
+    if width is not None and width < 1:
+        raise FieldError("width", width, "must be a positive integer")
 
 
 def model_size(name: str) -> str:
@@ -229,7 +231,7 @@ def build_model(name: str, in_channels: int, num_classes: int, width: int | None
         info = model_info(name)
         width = width or info.default_width
         if width < 1:
-            raise UserError(f"--width {width}: must be a positive integer")
+            raise FieldError("width", width, "must be a positive integer")
         model = info.build(in_channels, num_classes, width)
         model.late_layers = info.late_layers
         return model

@@ -100,7 +100,8 @@ def train_classifier(
     desc: str = "train",
     progress: bool = True,
 ) -> list[dict]:
-    """SGD with a cosine schedule; returns per-epoch loss/accuracy."""
+    """Nesterov SGD with a one-cycle schedule (``OneCycleLR``: the learning rate warms up to ``lr``
+    over the first 15% of steps, then anneals along a cosine); returns per-epoch loss/accuracy."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
     steps = epochs * math.ceil(len(y) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)

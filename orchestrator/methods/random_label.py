@@ -29,7 +29,7 @@ def relabelled(data: UnlearnData, generator: torch.Generator) -> tuple[torch.Ten
 
 class RandomLabel(Method):
     name = "random_label"
-    task = "classification"
+    tasks = ("classification",)
     config_class = RandomLabelConfig
 
     def unlearn(self, model, data, cfg, generator, *, on_epoch, backend):

@@ -108,7 +108,7 @@ class SweepSpec(BaseModel):
     width: int | None = Field(None, ge=1)
     original: str | None = None  # the user's weights, resolved once into the references
     retrain: str = "train"  # train | PATH or URI | none
-    forget: str
+    forget: str | None = None  # required by the tasks that take it (class:K, random:F, ...)
     split_seed: int = 0
     preset: str = "auto"
     recipe: dict[str, Any] = {}  # the reference recipe (classifier training, or the generator for diffusion)
@@ -150,6 +150,8 @@ class SweepSpec(BaseModel):
         for key in sorted(RUN_KEYS - set(task.spec_fields)):
             if getattr(self, key) != type(self).model_fields[key].default:
                 raise ValueError(f"{key!r} does not apply to task {self.task}")
+        if "forget" in task.spec_fields and self.forget is None:
+            raise ValueError(f"forget: required for task {self.task} (e.g. forget: class:3)")
         hints = typing.get_type_hints(task.config_class)
         for key in ("recipe", "classifier"):
             if key in task.spec_recipes:

@@ -1,4 +1,4 @@
-"""The task contract (classification, diffusion) and its registry.
+"""The task contract (classification, diffusion class erasure, text-to-image) and its registry.
 
 A task knows its run config class, how to build and cache its references, how to run one
 configuration on one seed (through the method registry) and what metrics that yields. The
@@ -16,10 +16,12 @@ from torch import nn
 
 from orchestrator.errors import DivergenceError
 from orchestrator.registry import Registry
+from orchestrator.storage import content_key
 
 BUILTIN: dict[str, str] = {
     "classification": "orchestrator.tasks.classification:TASK",
-    "diffusion": "orchestrator.tasks.diffusion:TASK",
+    "diffusion": "orchestrator.tasks.class_erasure.task:TASK",
+    "text_to_image": "orchestrator.tasks.text_to_image.task:TASK",
 }
 
 
@@ -50,10 +52,14 @@ class Task(ABC):
     metrics: ClassVar[tuple[str, ...]]  # what a sweep trial reports: the objectives allowed
     gap_metrics: ClassVar[tuple[str, ...]]  # objectives that are 0 for retrain by definition
     baseline_metrics: ClassVar[tuple[str, ...]] = ()  # the untouched original's, for paired comparisons
-    utility_metric: ClassVar[str]  # accuracy that must stay clear of chance (the collapse check)
+    utility_metric: ClassVar[str | None]  # accuracy that must stay clear of chance (the collapse check)
     # search-space keys that set a nested recipe of the run config: YAML key -> config field
     spec_recipes: ClassVar[dict[str, str]]
     spec_fields: ClassVar[tuple[str, ...]]  # search-space keys copied into the run config
+
+    def artifact_dir(self, cfg: Any, cache_dir: Path) -> Path:
+        """Where a run's files (sample grids) go unless the caller names a folder: one per config."""
+        return Path(cache_dir) / f"{self.name}-runs" / content_key(cfg.to_dict())
 
     def preset_context(self, cfg: Any) -> dict[str, str]:
         """What a method's preset depends on (model size, kind of forget set)."""
