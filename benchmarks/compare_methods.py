@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from orchestrator.stats import summarize  # noqa: E402
 from orchestrator.sweep.frontier_table import load_results  # noqa: E402
 from orchestrator.sweep.pick import held_out_seeds, pick  # noqa: E402
-from orchestrator.sweep.spec import SweepSpec  # noqa: E402
+from orchestrator.sweep.spec import parse_spec  # noqa: E402
 from orchestrator.training import set_threads  # noqa: E402
 
 COLUMNS = ("UA", "RA", "TA", "MIA", "RTE_s")
@@ -36,7 +36,7 @@ def main() -> None:
     args = p.parse_args()
     set_threads()
     df, spec_dict = load_results(args.storage, args.name)
-    spec = SweepSpec.model_validate(spec_dict)
+    spec = parse_spec(spec_dict)
     rows = []
     for method in spec.methods:
         chosen, _ = pick(args.storage, args.name, args.rule, [], alias=f"best-{method}",

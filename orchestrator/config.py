@@ -5,7 +5,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.errors import need_positive_ints, need_sgd, within
+from kernels.dispatch import BACKENDS
+from orchestrator.errors import need_field, need_positive_ints, need_sgd, within
+from orchestrator.fields import run_field
 from orchestrator.methods import method_knobs, tuples
 
 
@@ -31,45 +33,36 @@ class RunConfig:
 
     TASK = "classification"
     NESTED = {"recipe": ("train_", "reference training recipe")}
-    HELP = {
-        "dataset": "mnist5k | cifar10 | npz:PATH | imagefolder:DIR | parquet:PATH",
-        "data_dir": "CIFAR-10 python batch folder",
-        "image_size": "resize every image to S x S",
-        "max_data_gb": "memory the uint8 images may take (default: half the machine's memory)",
-        "image_column": "Parquet image column (default image)",
-        "label_column": "Parquet label column (default label)",
-        "id_column": "Parquet sample-id column (default id; absent: the row index)",
-        "model": "resnet8 | resnet20 | resnet18 | MODULE:FUNCTION (your factory) | hf:DIR (local Hugging Face model)",
-        "code_dir": "folder holding your model's module (shipped to Ray workers)",
-        "width": "base channel width of the built-in ResNets (default per model)",
-        "original": "your trained weights (.pt / .safetensors state_dict, runs:/..., models:/NAME@ALIAS); "
-                    "evaluated, not trained (default: trained with the recipe; hf:DIR models: the folder's weights)",
-        "retrain": "train (built with the recipe, cached) | PATH or URI of your retrained weights | none",
-        "forget": "class:K[,K...], random:FRACTION, mislabeled:FRACTION or ids:FILE",
-        "split_seed": "train/test split seed (kept fixed)",
-        "kernels": "kernel backend: reference | fused | triton",
-    }
     FLAG_NAMES = {}
 
-    dataset: str = "mnist5k"
-    data_dir: str | None = None
-    image_size: int | None = None
-    max_data_gb: float | None = None
-    image_column: str = "image"
-    label_column: str = "label"
-    id_column: str = "id"
-    model: str = "resnet8"
-    code_dir: str | None = None
-    width: int | None = None
-    original: str | None = None  # None: trained with the recipe
-    retrain: str = "train"  # train | PATH or URI | none
-    forget: str = "class:3"
+    dataset: str = run_field("mnist5k", spec=True, paths=("npz:", "imagefolder:", "parquet:"),
+                             help="mnist5k | cifar10 | npz:PATH | imagefolder:DIR | parquet:PATH")
+    data_dir: str | None = run_field(None, spec=True, paths=("",), help="CIFAR-10 python batch folder")
+    image_size: int | None = run_field(None, spec=True, help="resize every image to S x S")
+    max_data_gb: float | None = run_field(
+        None, spec=True, help="memory the uint8 images may take (default: half the machine's memory)")
+    image_column: str = run_field("image", spec=True, help="Parquet image column (default image)")
+    label_column: str = run_field("label", spec=True, help="Parquet label column (default label)")
+    id_column: str = run_field("id", spec=True, help="Parquet sample-id column (default id; absent: the row index)")
+    model: str = run_field("resnet8", spec=True, help="resnet8 | resnet20 | resnet18 | MODULE:FUNCTION (your "
+                           "factory) | hf:DIR (local Hugging Face model)")
+    code_dir: str | None = run_field(None, spec=True, paths=("",),
+                                     help="folder holding your model's module (shipped to Ray workers)")
+    width: int | None = run_field(None, spec=True, help="base channel width of the built-in ResNets (default per model)")
+    original: str | None = run_field(
+        None, spec=True, paths=("",), help="your trained weights (.pt / .safetensors state_dict, runs:/..., "
+        "models:/NAME@ALIAS); evaluated, not trained (default: trained with the recipe; hf:DIR models: the "
+        "folder's weights)")
+    retrain: str = run_field("train", spec=True, paths=("",), help="train (built with the recipe, cached) | PATH or "
+                             "URI of your retrained weights | none")
+    forget: str = run_field("class:3", spec=True, required=True, paths=("ids:",),
+                            help="class:K[,K...], random:FRACTION, mislabeled:FRACTION or ids:FILE")
     seed: int = 0
-    split_seed: int = 0
+    split_seed: int = run_field(0, spec=True, help="train/test split seed (kept fixed)")
     recipe: TrainRecipe = field(default_factory=TrainRecipe)
     method: str = "scissorhands"
     knobs: Any = None  # the method's config; None: its defaults
-    kernels: str | None = None  # kernel backend override (reference | fused | triton)
+    kernels: str | None = run_field(None, spec=True, help=f"kernel backend: {' | '.join(BACKENDS)}")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "knobs", method_knobs(self.method, self.knobs, self.TASK))
@@ -79,6 +72,9 @@ class RunConfig:
         from orchestrator.models import check_model
 
         check_model(self.model, self.code_dir, self.width)
+        need_field(self.image_size is None or self.image_size >= 1, self, "image_size", "must be an integer >= 1")
+        need_field(self.max_data_gb is None or self.max_data_gb > 0, self, "max_data_gb", "must be > 0")
+        need_field(self.kernels is None or self.kernels in BACKENDS, self, "kernels", f"allowed {', '.join(BACKENDS)}")
         with within("recipe"):
             self.recipe.validate()
         self.knobs.validate()

@@ -1,6 +1,7 @@
 """Command-line flags built from config dataclasses: one flag per field, for every task,
 recipe and method config. Every default is None, so the config (or a preset) fills in what
-the user did not set. A class may name flag help (``HELP``), repeatable flags
+the user did not set. Help comes from a field's declaration (``orchestrator.fields.run_field``)
+or the class's ``HELP``; a class may name repeatable flags
 (``FLAG_NAMES``) and nested recipes with their flag prefix (``NESTED``). ``flag_for`` names the
 flag of a config field, so a ``FieldError`` reads as the flag the user typed."""
 from __future__ import annotations
@@ -9,6 +10,8 @@ import argparse
 import dataclasses
 import typing
 from typing import Any
+
+from orchestrator.fields import field_help
 
 SKIPPED = ("method", "knobs")  # chosen by --method, filled from the method's own flags
 
@@ -30,7 +33,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str, pre
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     nested = getattr(cls, "NESTED", {})
-    helps, names = getattr(cls, "HELP", {}), getattr(cls, "FLAG_NAMES", {})
+    names = getattr(cls, "FLAG_NAMES", {})
     for f in dataclasses.fields(cls):
         if f.name in skip or f.name in SKIPPED:
             continue
@@ -39,7 +42,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str, pre
             add_config_flags(parser, hints[f.name], sub_title, prefix=sub_prefix)
             continue
         flag = names.get(f.name) or f"--{prefix}{f.name}".replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": f"{prefix}{f.name}", "default": None, "help": helps.get(f.name)}
+        kwargs: dict[str, Any] = {"dest": f"{prefix}{f.name}", "default": None, "help": field_help(cls, f.name)}
         tp = hints[f.name]
         if typing.get_origin(tp) is tuple:
             inner = typing.get_args(tp)[0]

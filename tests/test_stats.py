@@ -6,7 +6,7 @@ import pytest
 
 from orchestrator.stats import aggregate, paired_improvement, summarize
 from orchestrator.sweep.results import ResultsTable
-from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep.spec import parse_spec
 from orchestrator.sweep.callback import refresh_pareto
 
 
@@ -48,7 +48,7 @@ def test_aggregate_columns_for_every_metric_and_the_paired_comparison():
 
 
 def test_trials_whose_intervals_overlap_a_frontier_member_are_tied(tmp_path):
-    spec = SweepSpec.model_validate({
+    spec = parse_spec({
         "name": "t", "forget": "class:3", "trials": 4,
         "search": {"lr": {"type": "uniform", "low": 0.001, "high": 0.01}},
         "objectives": [{"metric": "gap_UA", "direction": "min"}, {"metric": "RA", "direction": "max"}]})

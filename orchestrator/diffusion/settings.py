@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 
 from orchestrator.errors import need_field, need_positive_ints
+from orchestrator.fields import run_field
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -13,19 +14,11 @@ DEVICES = ("auto", "cpu", "cuda")
 class SamplingSettings:
     """DDIM sampling of the evaluation samples and grids, from fixed noise (``eval_seed``)."""
 
-    HELP = {
-        "guidance_scale": "classifier-free guidance scale for sampling (1 = none)",
-        "ddim_steps": "DDIM sampling steps",
-        "eval_seed": "seed of the fixed evaluation noise",
-        "grid_columns": "samples per row of the PNG grids",
-        "device": " | ".join(DEVICES),
-    }
-
-    guidance_scale: float = 2.0
-    ddim_steps: int = 20
-    eval_seed: int = 0
-    grid_columns: int = 10
-    device: str = "auto"  # auto | cpu | cuda
+    guidance_scale: float = run_field(2.0, help="classifier-free guidance scale for sampling (1 = none)")
+    ddim_steps: int = run_field(20, help="DDIM sampling steps")
+    eval_seed: int = run_field(0, help="seed of the fixed evaluation noise")
+    grid_columns: int = run_field(10, help="samples per row of the PNG grids")
+    device: str = run_field("auto", help=" | ".join(DEVICES))
 
     def validate_sampling(self) -> None:
         need_positive_ints(self, ("ddim_steps", "grid_columns"))

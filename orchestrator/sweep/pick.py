@@ -10,7 +10,7 @@ from pathlib import Path
 from orchestrator.errors import DivergenceError, UserError
 from orchestrator.stats import Summary, interval_text, paired_improvement, summarize
 from orchestrator.sweep.frontier_table import load_results
-from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep.spec import parse_spec
 from orchestrator.sweep.tracking import default_tracking_uri
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
@@ -136,7 +136,7 @@ def pick(storage: Path, name: str, rule: str, where: list[str], *, alias: str = 
                             f"{', '.join(methods) or 'none'}")
         df = df[df["method"] == method]
     best, col = choose(df, rule, where, frontier_only)
-    specs = {s.method_contract.name: s for s in SweepSpec.model_validate(spec_dict).per_method()}
+    specs = {s.method_contract.name: s for s in parse_spec(spec_dict).per_method()}
     spec = specs[best["method"]] if "method" in best.index and best["method"] in specs else next(iter(specs.values()))
     searched = searched_config(spec, best)
     validation = None

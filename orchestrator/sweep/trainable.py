@@ -14,7 +14,7 @@ from orchestrator.errors import DivergenceError
 from orchestrator.stats import aggregate
 from orchestrator.sweep import tracking
 from orchestrator.sweep.seed_runs import run_seed
-from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep.spec import parse_spec
 from orchestrator.sweep.store import SweepStore
 
 PENALTY = 1e6  # objective value of a failed (diverged / pruned) trial: the worst the searcher can see
@@ -54,7 +54,7 @@ def run_trial(searched: dict, ctx: TrialContext) -> dict:
     from orchestrator.training import set_threads
 
     set_threads()
-    spec = SweepSpec.model_validate(ctx.spec)
+    spec = parse_spec(ctx.spec)
     trial_id = tune.get_context().get_trial_id()
     client = MlflowClient(ctx.tracking_uri)
     run_id = tracking.start_child(client, ctx.experiment_id, ctx.parent_run_id, trial_id, ctx.name)

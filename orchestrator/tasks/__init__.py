@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar
 from torch import nn
 
 from orchestrator.errors import DivergenceError
+from orchestrator.fields import spec_fields
 from orchestrator.registry import Registry
 from orchestrator.storage import content_key
 
@@ -55,7 +56,11 @@ class Task(ABC):
     utility_metric: ClassVar[str | None]  # accuracy that must stay clear of chance (the collapse check)
     # search-space keys that set a nested recipe of the run config: YAML key -> config field
     spec_recipes: ClassVar[dict[str, str]]
-    spec_fields: ClassVar[tuple[str, ...]]  # search-space keys copied into the run config
+
+    @property
+    def spec_fields(self) -> tuple[str, ...]:
+        """Search-space keys copied into the run config: the config's fields declared ``spec``."""
+        return tuple(f.name for f in spec_fields(self.config_class))
 
     def artifact_dir(self, cfg: Any, cache_dir: Path) -> Path:
         """Where a run's files (sample grids) go unless the caller names a folder: one per config."""

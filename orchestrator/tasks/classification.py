@@ -50,8 +50,6 @@ class Classification(Task):
     baseline_metrics = ("avg_gap_original",)
     utility_metric = "RA"
     spec_recipes = {"recipe": "recipe"}
-    spec_fields = ("dataset", "data_dir", "image_size", "max_data_gb", "image_column", "label_column", "id_column",
-                   "model", "code_dir", "width", "original", "retrain", "forget", "split_seed", "kernels")
 
     def preset_context(self, cfg: RunConfig) -> dict[str, str]:
         kind = ForgetSpec.parse(cfg.forget).kind

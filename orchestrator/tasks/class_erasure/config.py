@@ -14,6 +14,7 @@ from typing import Any
 
 from orchestrator.config import TrainRecipe
 from orchestrator.diffusion.settings import SamplingSettings
+from orchestrator.fields import run_field
 from orchestrator.errors import FieldError, UserError, need_field, need_positive_ints, within
 from orchestrator.methods import get_method, method_knobs, tuples
 
@@ -85,29 +86,23 @@ class DiffusionRunConfig(SamplingSettings):
     TASK = "diffusion"
     NESTED = {"generator": ("gen_", "reference generator recipe"),
               "classifier": ("clf_", "evaluation classifier recipe")}
-    HELP = {
-        **SamplingSettings.HELP,
-        "dataset": "mnist5k | npz:PATH",
-        "forget": "class:K",
-        "image_size": "generator / classifier image size (8, 16, 28, 32)",
-        "samples_per_class": "generated samples per class for evaluation (same noise for every model)",
-    }
     FLAG_NAMES = {}
 
     # data and references
-    dataset: str = "mnist5k"
-    data_dir: str | None = None
-    forget: str = "class:3"
+    dataset: str = run_field("mnist5k", spec=True, paths=("npz:",), help="mnist5k | npz:PATH")
+    data_dir: str | None = run_field(None, spec=True, paths=("",), help="dataset folder (CIFAR-10 batches)")
+    forget: str = run_field("class:3", spec=True, required=True, help="class:K")
     seed: int = 0
-    split_seed: int = 0
-    image_size: int = 16
+    split_seed: int = run_field(0, spec=True, help="train/test split seed (kept fixed)")
+    image_size: int = run_field(16, help=f"generator / classifier image size ({', '.join(map(str, IMAGE_SIZES))})")
     generator: GeneratorRecipe = field(default_factory=GeneratorRecipe)
     classifier: ClassifierRecipe = field(default_factory=ClassifierRecipe)
     # the method and its knobs (None: the method's defaults)
     method: str = "scissorhands_diffusion"
     knobs: Any = None
     # evaluation (sampling: SamplingSettings)
-    samples_per_class: int = 50
+    samples_per_class: int = run_field(
+        50, help="generated samples per class for evaluation (same noise for every model)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "knobs", method_knobs(self.method, self.knobs, self.TASK))

@@ -38,7 +38,6 @@ class Diffusion(Task):
     gap_metrics = ("gap_forget_acc", "gap_retained_acc", "gap_fid")
     utility_metric = "retained_acc"
     spec_recipes = {"recipe": "generator", "classifier": "classifier"}
-    spec_fields = ("dataset", "data_dir", "forget", "split_seed")
 
     def preset_context(self, cfg: DiffusionRunConfig) -> dict[str, str]:
         return {"forget_kind": ForgetSpec.parse(cfg.forget).kind}

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.diffusion.settings import SamplingSettings
+from orchestrator.fields import run_field
 from orchestrator.errors import FieldError, UserError, need_field, need_positive_ints
 from orchestrator.methods import method_knobs, tuples
 
@@ -19,21 +20,15 @@ class TextToImageRunConfig(SamplingSettings):
 
     TASK = "text_to_image"
     NESTED = {}
-    HELP = {
-        **SamplingSettings.HELP,
-        "pretrained": "local diffusers StableDiffusionPipeline folder (read, never written)",
-        "forget_prompts": "prompt to erase (repeatable)",
-        "anchor_prompt": "prompt the forget prompts are mapped onto",
-        "retain_prompts": "prompt to preserve (repeatable; default: the anchor prompt)",
-        "samples_per_prompt": "self-generated latents per prompt (the data the repair trains on)",
-    }
     FLAG_NAMES = {"forget_prompts": "--forget-prompt", "retain_prompts": "--retain-prompt"}  # repeatable
 
-    pretrained: str | None = None
-    forget_prompts: tuple[str, ...] = ()
-    anchor_prompt: str = ""
-    retain_prompts: tuple[str, ...] = ()  # () = the anchor prompt alone
-    samples_per_prompt: int = 4
+    pretrained: str | None = run_field(None, spec=True, required=True, paths=("",),
+                                       help="local diffusers StableDiffusionPipeline folder (read, never written)")
+    forget_prompts: tuple[str, ...] = run_field((), spec=True, required=True, help="prompt to erase (repeatable)")
+    anchor_prompt: str = run_field("", spec=True, required=True, help="prompt the forget prompts are mapped onto")
+    retain_prompts: tuple[str, ...] = run_field(
+        (), spec=True, help="prompt to preserve (repeatable; default: the anchor prompt)")
+    samples_per_prompt: int = run_field(4, help="self-generated latents per prompt (the data the repair trains on)")
     seed: int = 0
     method: str = "scissorhands_diffusion"
     knobs: Any = None  # the method's config; None: its defaults

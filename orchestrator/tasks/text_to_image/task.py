@@ -189,7 +189,6 @@ class TextToImage(Task):
     gap_metrics = ()  # no retrain reference exists for a pretrained text-to-image model
     utility_metric = None
     spec_recipes = {}
-    spec_fields = ()
 
     def build_references(self, cfg: TextToImageRunConfig, cache_dir: Path, progress: bool = True) -> dict[str, dict]:
         """Nothing to train: the user's pipeline is the original; its metrics come with each run."""
