@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kernels.dispatch import BACKENDS
+from orchestrator.datasets import dataset_help, dataset_path_prefixes
 from orchestrator.errors import need_field, need_positive_ints, need_sgd, within
 from orchestrator.fields import run_field
 from orchestrator.methods import method_knobs, tuples
+from orchestrator.models import model_help
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,7 @@ class RunConfig:
     NESTED = {"recipe": ("train_", "reference training recipe")}
     FLAG_NAMES = {}
 
-    dataset: str = run_field("mnist5k", spec=True, paths=("npz:", "imagefolder:", "parquet:"),
-                             help="mnist5k | cifar10 | npz:PATH | imagefolder:DIR | parquet:PATH")
+    dataset: str = run_field("mnist5k", spec=True, paths=dataset_path_prefixes(), help=dataset_help())
     data_dir: str | None = run_field(None, spec=True, paths=("",), help="CIFAR-10 python batch folder")
     image_size: int | None = run_field(None, spec=True, help="resize every image to S x S")
     max_data_gb: float | None = run_field(
@@ -44,8 +45,7 @@ class RunConfig:
     image_column: str = run_field("image", spec=True, help="Parquet image column (default image)")
     label_column: str = run_field("label", spec=True, help="Parquet label column (default label)")
     id_column: str = run_field("id", spec=True, help="Parquet sample-id column (default id; absent: the row index)")
-    model: str = run_field("resnet8", spec=True, help="resnet8 | resnet20 | resnet18 | MODULE:FUNCTION (your "
-                           "factory) | hf:DIR (local Hugging Face model)")
+    model: str = run_field("resnet8", spec=True, help=model_help())
     code_dir: str | None = run_field(None, spec=True, paths=("",),
                                      help="folder holding your model's module (shipped to Ray workers)")
     width: int | None = run_field(None, spec=True, help="base channel width of the built-in ResNets (default per model)")

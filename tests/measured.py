@@ -179,8 +179,9 @@ def erasure_quantities(result) -> dict[str, float]:
 
 def class_task(cfg, anchor_class=None):
     """The class-conditional erasure task of ``cfg`` (digits at the run's size, its noise schedule)."""
-    from orchestrator.data import ForgetSpec, load_dataset, split_forget
-    from orchestrator.data import resize_uint8
+    from orchestrator.datasets import load_dataset
+    from orchestrator.datasets.images import resize_uint8
+    from orchestrator.forget import ForgetSpec, split_forget
     from orchestrator.diffusion.images import to_signed
     from orchestrator.diffusion.sampling import alphas_cumprod
     from orchestrator.tasks.class_erasure.data import ClassTask

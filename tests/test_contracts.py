@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from orchestrator import get_method, get_task, list_methods, list_tasks, register
 from orchestrator.cli import main
-from orchestrator.data import ForgetSpec, load_mnist5k, split_forget
+from orchestrator.datasets.mnist5k import load_mnist5k
+from orchestrator.forget import ForgetSpec, split_forget
 from orchestrator.errors import DivergenceError, UserError
 from orchestrator.methods import Method, MethodResult
 from orchestrator.methods.shared import repair_loop
@@ -39,7 +40,7 @@ def classification_case(seed: int = 0):
 
 def diffusion_case(seed: int = 0):
     from orchestrator.tasks.class_erasure.config import GeneratorRecipe
-    from orchestrator.data import resize_uint8
+    from orchestrator.datasets.images import resize_uint8
     from orchestrator.diffusion.images import to_signed
     from orchestrator.diffusion.sampling import alphas_cumprod
     from orchestrator.tasks.class_erasure.data import ClassTask
@@ -229,3 +230,41 @@ def test_public_api_is_lazy_and_editors_see_the_same_names():
     cold = subprocess.run([sys.executable, "-c", "import sys, orchestrator; print('torch' in sys.modules)"],
                           capture_output=True, text=True, check=True)
     assert cold.stdout.strip() == "False"  # `import orchestrator` imports none of them
+
+
+def test_a_run_option_is_one_field_in_one_config_class(tmp_path, monkeypatch, capsys):
+    """Declared once, a field is a CLI flag with its help, a search-space key, and a run setting."""
+    from dataclasses import dataclass
+
+    from orchestrator.cli import build_parser, run_config
+    from orchestrator.config import RunConfig
+    from orchestrator.fields import run_field
+    from orchestrator.sweep.spec import load_spec
+    from orchestrator.tasks import REGISTRY
+    from orchestrator.tasks.classification import Classification
+
+    @dataclass(frozen=True)
+    class ToyConfig(RunConfig):
+        toy_option: int = run_field(3, spec=True, help="a toy option, declared once")
+
+    class Toy(Classification):
+        name = "toy"
+        config_class = ToyConfig
+
+    REGISTRY.add("toy", Toy())
+    monkeypatch.setattr(get_method("scissorhands"), "tasks", ("classification", "toy"))
+    try:
+        parser = build_parser("toy")
+        args = parser.parse_args(["unlearn", "--task", "toy", "--toy-option", "7"])
+        assert run_config(args, get_task("toy"), get_method("scissorhands")).toy_option == 7
+        with pytest.raises(SystemExit):
+            parser.parse_args(["unlearn", "--task", "toy", "--help"])
+        assert "--toy-option TOY_OPTION a toy option, declared once" in " ".join(capsys.readouterr().out.split())
+        space = tmp_path / "toy.yaml"
+        space.write_text("name: toy\ntask: toy\nforget: class:3\ntoy_option: 5\n"
+                         "search: {trim_ratio: {type: uniform, low: 0.01, high: 0.1}}\n"
+                         "objectives: [{metric: RA, direction: max}]\ntrials: 1\n")
+        spec = load_spec(space)
+        assert spec.toy_option == 5 and spec.run_config({}, 0).toy_option == 5
+    finally:
+        REGISTRY.remove("toy")

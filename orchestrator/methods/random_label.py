@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from orchestrator.data import UnlearnData
+from orchestrator.forget import UnlearnData
 from orchestrator.methods import Method
 from orchestrator.methods.shared import SGDKnobs, fine_tune
 

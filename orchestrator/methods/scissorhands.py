@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
-from orchestrator.data import UnlearnData
 from orchestrator.errors import UserError, need_field, need_positive_ints, need_sgd
+from orchestrator.forget import UnlearnData
 from orchestrator.methods import Method
 from orchestrator.methods.shared import GradientProjection, init_specs, matching, repair_loop
 from orchestrator.models import late_layers

@@ -54,6 +54,20 @@ class Task(ABC):
     gap_metrics: ClassVar[tuple[str, ...]]  # objectives that are 0 for retrain by definition
     baseline_metrics: ClassVar[tuple[str, ...]] = ()  # the untouched original's, for paired comparisons
     utility_metric: ClassVar[str | None]  # accuracy that must stay clear of chance (the collapse check)
+    # What the sweep layer (stats, pick, summary, frontier table) reads instead of naming metrics:
+    headline_metric: ClassVar[str | None] = None
+    """The one figure (lower is better) a pick's verdict and the paired comparison with doing
+    nothing use; a trial reports it only where it can be measured (classification: ``avg_gap``,
+    needs a retrain model). None: the task has none, and ``pick`` cannot validate."""
+    headline_baseline: ClassVar[str | None] = None
+    """The untouched original's headline on the same seed (one of ``baseline_metrics``)."""
+    headline_label: ClassVar[str | None] = None
+    """The headline as people read it (``Avg. Gap``)."""
+    time_metric: ClassVar[str] = "RTE_s"
+    """The unlearning's wall-clock seconds (references have none)."""
+    table_metrics: ClassVar[tuple[str, ...]] = ()
+    """Columns of the comparison and frontier tables beside the objectives (``scissorhands
+    frontier``, pick's search-vs-held-out table), where a trial has them."""
     # search-space keys that set a nested recipe of the run config: YAML key -> config field
     spec_recipes: ClassVar[dict[str, str]]
 

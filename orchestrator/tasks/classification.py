@@ -8,8 +8,9 @@ from typing import Callable
 import torch
 
 from orchestrator.config import RunConfig
-from orchestrator.data import ForgetSpec, UnlearnData, load_dataset, split_forget
+from orchestrator.datasets import load_dataset
 from orchestrator.evaluation import CORE_METRICS, MIA_VARIANTS, avg_gap, evaluate
+from orchestrator.forget import ForgetSpec, UnlearnData, split_forget
 from orchestrator.methods import get_method
 from orchestrator.models import model_size
 from orchestrator.references import References, get_references, make_model, reference_metrics
@@ -49,6 +50,11 @@ class Classification(Task):
     gap_metrics = GAP_METRICS
     baseline_metrics = ("avg_gap_original",)
     utility_metric = "RA"
+    headline_metric = "avg_gap"
+    headline_baseline = "avg_gap_original"
+    headline_label = "Avg. Gap"
+    time_metric = "RTE_s"
+    table_metrics = (*CORE_METRICS, "avg_gap")
     spec_recipes = {"recipe": "recipe"}
 
     def preset_context(self, cfg: RunConfig) -> dict[str, str]:

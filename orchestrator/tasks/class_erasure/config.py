@@ -71,9 +71,9 @@ class ClassifierRecipe(TrainRecipe):
     width: int = 16
 
     def validate(self) -> None:
-        from orchestrator.models import model_info
+        from orchestrator.models import get_model_family
 
-        model_info(self.model)
+        get_model_family(self.model)
         need_positive_ints(self, ("width",))
         super().validate()
 
@@ -108,7 +108,7 @@ class DiffusionRunConfig(SamplingSettings):
         object.__setattr__(self, "knobs", method_knobs(self.method, self.knobs, self.TASK))
 
     def forget_class(self) -> int:
-        from orchestrator.data import ForgetSpec
+        from orchestrator.forget import ForgetSpec
 
         spec = ForgetSpec.parse(self.forget)
         if spec.forget_class is None:

@@ -11,11 +11,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from orchestrator.data import Dataset, UnlearnData, resize_uint8
 from orchestrator.cache import Cached, cached_model
+from orchestrator.datasets import Dataset
+from orchestrator.datasets.images import resize_uint8
 from orchestrator.diffusion.images import to_signed
 from orchestrator.diffusion.sampling import alphas_cumprod, noise_loss
 from orchestrator.diffusion.unet import build_class_unet
+from orchestrator.forget import UnlearnData
 from orchestrator.models import build_model
 from orchestrator.tasks.class_erasure.config import ClassifierRecipe, GeneratorRecipe
 from orchestrator.tasks.class_erasure.data import drop_labels

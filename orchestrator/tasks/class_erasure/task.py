@@ -13,7 +13,9 @@ from typing import Callable
 
 import torch
 
-from orchestrator.data import ForgetSpec, load_dataset, resize_uint8, split_forget
+from orchestrator.datasets import load_dataset
+from orchestrator.datasets.images import resize_uint8
+from orchestrator.forget import ForgetSpec, split_forget
 from orchestrator.tasks.class_erasure.config import DiffusionRunConfig
 from orchestrator.diffusion.images import save_grid, to_signed
 from orchestrator.tasks.class_erasure.evaluation import EVAL_CODE_VERSION, eval_noise, generate, sample_metrics
@@ -37,6 +39,9 @@ class Diffusion(Task):
     metrics = ("forget_acc", "retained_acc", "fid", "RTE_s", "gap_forget_acc", "gap_retained_acc", "gap_fid")
     gap_metrics = ("gap_forget_acc", "gap_retained_acc", "gap_fid")
     utility_metric = "retained_acc"
+    headline_metric = None  # no untouched-original figure to pair with: pick cannot validate
+    time_metric = "RTE_s"
+    table_metrics = ()
     spec_recipes = {"recipe": "generator", "classifier": "classifier"}
 
     def preset_context(self, cfg: DiffusionRunConfig) -> dict[str, str]:

@@ -188,6 +188,9 @@ class TextToImage(Task):
     metrics = (*PROMPT_METRICS, "RTE_s")
     gap_metrics = ()  # no retrain reference exists for a pretrained text-to-image model
     utility_metric = None
+    headline_metric = None  # no retrain reference, so no gap to it: pick cannot validate
+    time_metric = "RTE_s"
+    table_metrics = ()
     spec_recipes = {}
 
     def build_references(self, cfg: TextToImageRunConfig, cache_dir: Path, progress: bool = True) -> dict[str, dict]:
