@@ -77,8 +77,9 @@ def _storage(args):
 
 
 def cmd_sweep(args) -> int:
-    from orchestrator.sweep.spec import load_spec
     from orchestrator.sweep.frontier_table import format_frontier
+    from orchestrator.sweep.paths import SweepPaths
+    from orchestrator.sweep.spec import load_spec
 
     spec = load_spec(args.space)  # every YAML problem surfaces here, before Ray starts
     if args.trials is not None and args.trials < 1:
@@ -93,11 +94,11 @@ def cmd_sweep(args) -> int:
         tracking_uri=args.tracking_uri, resume=args.resume, progress=not args.no_progress,
         spec_text=Path(args.space).read_text(), resource_wait_s=args.resource_wait,
     )
-    name = args.name or spec.name
-    print(format_frontier(store.root, name))
-    print(f"\nresults: {store.uri(f'{name}/results.parquet')}")
+    paths = SweepPaths(store.root, args.name or spec.name)
+    print(format_frontier(store.root, paths.name))
+    print(f"\nresults: {store.uri(paths.rel(paths.results))}")
     for plot in summary.get("plots", []):
-        print(f"plot:    {store.uri(f'{name}/{Path(plot).name}')}")
+        print(f"plot:    {store.uri(paths.rel(paths.root / Path(plot).name))}")
     if "hypervolume" in summary:
         print(f"hypervolume: {summary['hypervolume']:.4g} (reference point {summary['hypervolume_reference_point']})")
     print(f"dashboard: scissorhands ui --storage {args.storage}   (then open http://127.0.0.1:5000)")
@@ -114,15 +115,17 @@ def cmd_frontier(args) -> int:
 
 
 def cmd_pick(args) -> int:
-    from orchestrator.sweep.pick import pick
-
     from orchestrator.storage import atomic_write_json
+    from orchestrator.sweep.frontier_table import sweep_task
+    from orchestrator.sweep.paths import SweepPaths
+    from orchestrator.sweep.pick import pick
 
     if args.json and not Path(args.json).parent.exists():
         raise UserError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
     store = _storage(args)
     store.pull_results(args.name)
-    references = f"{args.name}/references"
+    paths = SweepPaths(store.root, args.name)
+    references = paths.rel(paths.references)
     intact = store.pull_references(references, verify_store=False)
     chosen, table = pick(store.root, args.name, args.rule, args.where or [], alias=args.alias,
                          model_name=args.model_name, tracking_uri=args.tracking_uri,
@@ -137,8 +140,8 @@ def cmd_pick(args) -> int:
     if chosen["alias"]:
         print(f"registered {chosen['model_uri']}; load it with: mlflow.pytorch.load_model({chosen['model_uri']!r})")
     else:
-        imp = validation["improvement"]
-        print(f"not better than doing nothing on {len(validation['seeds'])} held-out seeds (Avg. Gap improvement "
+        imp, label = validation["improvement"], sweep_task(store.root, args.name).headline_label
+        print(f"not better than doing nothing on {len(validation['seeds'])} held-out seeds ({label} improvement "
               f"{imp['mean']:.3f}, 95% CI [{imp['ci95_low']:.3f}, {imp['ci95_high']:.3f}]): registered as "
               f"{chosen['model_uri']} without the {args.alias!r} alias")
     if args.json:
@@ -211,7 +214,9 @@ def build_parser(task_name: str = "classification", method_name: str | None = No
 
     p = sub.add_parser("pick", help="register a sweep trial's model in the MLflow Model Registry")
     p.add_argument("name")
-    p.add_argument("--rule", default="min-avg_gap", help="min-METRIC or max-METRIC, e.g. min-avg-gap, max-RA")
+    p.add_argument("--rule", default=None,
+                   help="min-METRIC or max-METRIC, e.g. min-avg-gap, max-RA (default: min- the task's headline "
+                        "metric, min-avg_gap for classification)")
     p.add_argument("--where", action="append", help="constraint METRIC>=X / METRIC<=X (repeatable), e.g. UA>=90")
     p.add_argument("--frontier-only", action="store_true", help="choose among frontier trials only")
     p.add_argument("--method", dest="pick_method", default=None,

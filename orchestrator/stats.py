@@ -79,7 +79,6 @@ def headline_pair(task) -> tuple[str, str] | None:
     return task.headline_metric, task.headline_baseline
 
 
-
 def interval_text(s: Summary, digits: int = 3) -> str:
     if s.n < 2:
         return f"{s.mean:.{digits}f} (n={s.n})"

@@ -56,7 +56,7 @@ def tiny_references(tmp_path_factory, _booting_server):
     so a copy under any sweep's references/ is a cache hit and the sweep skips training).
     Requests the server only so that it boots while the references train."""
     from orchestrator.sweep.spec import load_spec
-    from orchestrator.sweep.summary import build_references
+    from orchestrator.sweep.references import build_references
 
     root = tmp_path_factory.mktemp("tiny-references")
     space = root / "tiny.yaml"

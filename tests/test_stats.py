@@ -39,7 +39,7 @@ def test_aggregate_columns_for_every_metric_and_the_paired_comparison():
     per_seed = [{"avg_gap": 1.0, "avg_gap_original": 3.0, "UA": 10.0},
                 {"avg_gap": 2.0, "avg_gap_original": 3.5, "UA": 12.0},
                 {"avg_gap": 1.5, "avg_gap_original": 3.2, "UA": 11.0}]
-    out = aggregate(per_seed)
+    out = aggregate(per_seed, paired=("avg_gap", "avg_gap_original"))
     for m in ("avg_gap", "avg_gap_original", "UA"):
         assert {m, f"{m}_std", f"{m}_se", f"{m}_n", f"{m}_ci95"} <= set(out) and out[f"{m}_n"] == 3
     assert out["UA"] == 11.0 and out["UA_std"] == 1.0

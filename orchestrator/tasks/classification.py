@@ -13,7 +13,7 @@ from orchestrator.evaluation import CORE_METRICS, MIA_VARIANTS, avg_gap, evaluat
 from orchestrator.forget import ForgetSpec, UnlearnData, split_forget
 from orchestrator.methods import get_method
 from orchestrator.models import model_size
-from orchestrator.references import References, get_references, make_model, reference_metrics
+from orchestrator.references import get_references, make_model, reference_metrics
 from orchestrator.tasks import Task, TrialResult
 
 GAP_METRICS = ("avg_gap", "forget_gap", "retain_gap", *(f"gap_{k}" for k in CORE_METRICS))
@@ -70,13 +70,13 @@ class Classification(Task):
                 for role, ref in (("original", refs.original), ("retrain", refs.retrain)) if ref is not None}
 
     def run(self, cfg: RunConfig, cache_dir: Path, *, progress: bool = True,
-            on_epoch: Callable[[dict], None] | None = None, artifact_dir: Path | None = None, build: bool = True,
-            data: UnlearnData | None = None, references: References | None = None) -> TrialResult:
-        data = data or prepare(cfg)
+            on_epoch: Callable[[dict], None] | None = None, artifact_dir: Path | None = None,
+            build: bool = True) -> TrialResult:
+        data = prepare(cfg)
         layers = chosen_layers(cfg, data)
         for role, names in layers.items():  # at the start: a user sees what will change before it does
             print(f"{role} layers ({len(names)} parameters): {', '.join(names)}", flush=True)
-        refs = references or get_references(cfg, data, cache_dir, progress, build=build)
+        refs = get_references(cfg, data, cache_dir, progress, build=build)
         metrics = {"original": reference_metrics(refs.original, data),
                    "retrain": reference_metrics(refs.retrain, data) if refs.retrain is not None else None}
 

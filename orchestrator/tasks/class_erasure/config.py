@@ -14,8 +14,9 @@ from typing import Any
 
 from orchestrator.config import TrainRecipe
 from orchestrator.diffusion.settings import SamplingSettings
-from orchestrator.fields import run_field
+from orchestrator.datasets import dataset_help, dataset_path_prefixes
 from orchestrator.errors import FieldError, UserError, need_field, need_positive_ints, within
+from orchestrator.fields import run_field
 from orchestrator.methods import get_method, method_knobs, tuples
 
 NOISE_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
@@ -89,7 +90,7 @@ class DiffusionRunConfig(SamplingSettings):
     FLAG_NAMES = {}
 
     # data and references
-    dataset: str = run_field("mnist5k", spec=True, paths=("npz:",), help="mnist5k | npz:PATH")
+    dataset: str = run_field("mnist5k", spec=True, paths=dataset_path_prefixes(), help=dataset_help())
     data_dir: str | None = run_field(None, spec=True, paths=("",), help="dataset folder (CIFAR-10 batches)")
     forget: str = run_field("class:3", spec=True, required=True, help="class:K")
     seed: int = 0
