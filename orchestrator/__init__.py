@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "run_unlearning": "orchestrator.trial",
     "TrialResult": "orchestrator.tasks",
-    "RunConfig": "orchestrator.config",
-    "TrainRecipe": "orchestrator.config",
+    "RunConfig": "orchestrator.tasks.classification.config",
+    "TrainRecipe": "orchestrator.training",
     "DiffusionRunConfig": "orchestrator.tasks.class_erasure.config",
     "TextToImageRunConfig": "orchestrator.tasks.text_to_image.config",
     "ScissorhandsConfig": "orchestrator.methods.scissorhands",
@@ -36,7 +36,7 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 if TYPE_CHECKING:  # what editors and type checkers resolve; at run time __getattr__ imports on first use
-    from orchestrator.config import RunConfig, TrainRecipe
+    from orchestrator.tasks.classification.config import RunConfig
     from orchestrator.errors import DivergenceError, UserError
     from orchestrator.methods import Method, MethodResult, get_method, list_methods, register
     from orchestrator.methods.scissorhands import ScissorhandsConfig
@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # what editors and type checkers resolve; at run time __getat
     from orchestrator.tasks import TrialResult, get_task, list_tasks
     from orchestrator.tasks.class_erasure.config import DiffusionRunConfig
     from orchestrator.tasks.text_to_image.config import TextToImageRunConfig
+    from orchestrator.training import TrainRecipe
     from orchestrator.trial import run_unlearning
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.config import RunConfig, TrainRecipe
+from orchestrator.tasks.classification.config import RunConfig
+from orchestrator.training import TrainRecipe
 
 # Small but real: ResNet-8 at width 8 on the bundled MNIST digits, 4 epochs (~95% test
 # accuracy), without augmentation or weight decay: the model fits its training set more

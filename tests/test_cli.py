@@ -66,7 +66,8 @@ def test_method_help_lists_that_methods_knobs(capsys):
 def test_library_errors_name_the_field_and_only_the_cli_names_the_flag():
     import pickle
 
-    from orchestrator.config import RunConfig, TrainRecipe
+    from orchestrator.tasks.classification.config import RunConfig
+    from orchestrator.training import TrainRecipe
     from orchestrator.errors import FieldError, within
     from orchestrator.flags import flag_for
     from orchestrator.methods import get_method

@@ -237,11 +237,11 @@ def test_a_run_option_is_one_field_in_one_config_class(tmp_path, monkeypatch, ca
     from dataclasses import dataclass
 
     from orchestrator.cli import build_parser, run_config
-    from orchestrator.config import RunConfig
+    from orchestrator.tasks.classification.config import RunConfig
     from orchestrator.fields import run_field
     from orchestrator.sweep.spec import load_spec
     from orchestrator.tasks import REGISTRY
-    from orchestrator.tasks.classification import Classification
+    from orchestrator.tasks.classification.task import Classification
 
     @dataclass(frozen=True)
     class ToyConfig(RunConfig):

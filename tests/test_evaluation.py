@@ -6,7 +6,7 @@ from torch import nn
 
 from orchestrator.datasets import make_dataset
 from orchestrator.forget import ForgetSpec
-from orchestrator.evaluation import avg_gap, evaluate, mia_efficacy, mia_features
+from orchestrator.tasks.classification.evaluation import avg_gap, evaluate, mia_efficacy, mia_features
 
 
 class LookupModel(nn.Module):

@@ -118,9 +118,9 @@ def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, ca
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{storage / 'mlflow.db'}")
     model = mlflow.pytorch.load_model(uri)
     best = ranked.iloc[0]
-    from orchestrator.evaluation import top1_accuracy
+    from orchestrator.tasks.classification.evaluation import top1_accuracy
     from orchestrator.sweep.spec import load_spec
-    from orchestrator.tasks.classification import prepare
+    from orchestrator.tasks.classification.task import prepare
     from orchestrator.training import predict_proba
 
     spec = load_spec(tmp_path / "tiny.yaml")

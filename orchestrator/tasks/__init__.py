@@ -20,7 +20,7 @@ from orchestrator.registry import Registry
 from orchestrator.storage import content_key
 
 BUILTIN: dict[str, str] = {
-    "classification": "orchestrator.tasks.classification:TASK",
+    "classification": "orchestrator.tasks.classification.task:TASK",
     "diffusion": "orchestrator.tasks.class_erasure.task:TASK",
     "text_to_image": "orchestrator.tasks.text_to_image.task:TASK",
 }

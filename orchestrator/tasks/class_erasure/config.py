@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from orchestrator.config import TrainRecipe
+from orchestrator.training import TrainRecipe
 from orchestrator.diffusion.settings import SamplingSettings
 from orchestrator.datasets import dataset_help, dataset_path_prefixes
 from orchestrator.errors import FieldError, UserError, need_field, need_positive_ints, within

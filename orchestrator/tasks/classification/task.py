@@ -7,13 +7,13 @@ from typing import Callable
 
 import torch
 
-from orchestrator.config import RunConfig
+from orchestrator.tasks.classification.config import RunConfig
 from orchestrator.datasets import load_dataset
-from orchestrator.evaluation import CORE_METRICS, MIA_VARIANTS, avg_gap, evaluate
+from orchestrator.tasks.classification.evaluation import CORE_METRICS, MIA_VARIANTS, avg_gap, evaluate
 from orchestrator.forget import ForgetSpec, UnlearnData, split_forget
 from orchestrator.methods import get_method
 from orchestrator.models import model_size
-from orchestrator.references import get_references, make_model, reference_metrics
+from orchestrator.tasks.classification.references import get_references, make_model, reference_metrics
 from orchestrator.tasks import Task, TrialResult
 
 GAP_METRICS = ("avg_gap", "forget_gap", "retain_gap", *(f"gap_{k}" for k in CORE_METRICS))

@@ -7,26 +7,11 @@ from typing import Any
 
 from kernels.dispatch import BACKENDS
 from orchestrator.datasets import dataset_help, dataset_path_prefixes
-from orchestrator.errors import need_field, need_positive_ints, need_sgd, within
+from orchestrator.errors import need_field, within
 from orchestrator.fields import run_field
 from orchestrator.methods import method_knobs, tuples
 from orchestrator.models import model_help
-
-
-@dataclass(frozen=True)
-class TrainRecipe:
-    """How the original and retrain reference models are trained (same recipe for both)."""
-
-    epochs: int = 12
-    lr: float = 0.1
-    batch_size: int = 128
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    augment: bool = True  # random shifts (and flips for natural images); off lets a model memorise
-
-    def validate(self) -> None:
-        need_positive_ints(self, ("epochs", "batch_size"))
-        need_sgd(self)
+from orchestrator.training import TrainRecipe
 
 
 @dataclass(frozen=True)
