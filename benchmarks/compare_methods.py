@@ -16,11 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orchestrator.stats import summarize  # noqa: E402
 from orchestrator.sweep.frontier_table import load_results  # noqa: E402
+from orchestrator.sweep.paths import SweepPaths  # noqa: E402
 from orchestrator.sweep.pick import held_out_seeds, pick  # noqa: E402
-from orchestrator.sweep.spec import SweepSpec  # noqa: E402
+from orchestrator.sweep.spec import parse_spec  # noqa: E402
 from orchestrator.training import set_threads  # noqa: E402
-
-COLUMNS = ("UA", "RA", "TA", "MIA", "RTE_s")
 
 
 def interval(s: dict) -> str:
@@ -31,12 +30,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name")
     p.add_argument("--storage", type=Path, default=Path("runs"))
-    p.add_argument("--rule", default="min-avg_gap")
+    p.add_argument("--rule", default=None, help="default: min- the task's headline metric")
     p.add_argument("--validate-seeds", type=int, default=3)
     args = p.parse_args()
     set_threads()
     df, spec_dict = load_results(args.storage, args.name)
-    spec = SweepSpec.model_validate(spec_dict)
+    spec = parse_spec(spec_dict)
+    task = spec.per_method()[0].task_contract
+    headline = task.headline_metric
+    # The task's table metrics but its headline (a column of its own), then the time.
+    columns = (*(m for m in task.table_metrics if m != headline), task.time_metric)
     rows = []
     for method in spec.methods:
         chosen, _ = pick(args.storage, args.name, args.rule, [], alias=f"best-{method}",
@@ -44,25 +47,26 @@ def main() -> None:
                          method=method)
         v = chosen["validation"]
         row = {"method": method, "trial_id": chosen["trial_id"], "config": chosen["config"],
-               "search_avg_gap": chosen["search"].get("avg_gap"), "diverged": v["diverged"],
-               "avg_gap": v.get("avg_gap"), "improvement": v.get("improvement"),
-               **{k: v["metrics"][k] for k in COLUMNS if k in v["metrics"]}}
+               f"search_{headline}": chosen["search"].get(headline), "diverged": v["diverged"],
+               headline: v.get(headline), "improvement": v.get("improvement"),
+               **{k: v["metrics"][k] for k in columns if k in v["metrics"]}}
         rows.append(row)
         print(json.dumps(row), flush=True)
     # The references of the held-out seeds (cached by the picks' validation).
-    task = spec.per_method()[0].task_contract
     seeds = held_out_seeds(spec.seeds, args.validate_seeds)
-    refs = [task.build_references(spec.per_method()[0].run_config({}, s), args.storage / args.name / "references",
-                                  progress=False) for s in seeds]
+    references = SweepPaths(args.storage, args.name).references
+    refs = [task.build_references(spec.per_method()[0].run_config({}, s), references, progress=False) for s in seeds]
     for role in ("original", "retrain"):
-        row = {"method": role, **{k: summarize(r[role][k] for r in refs).as_dict() for k in COLUMNS if k != "RTE_s"}}
+        row = {"method": role, **{k: summarize(r[role][k] for r in refs).as_dict() for k in columns
+                                  if k != task.time_metric}}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n| method | Avg. Gap (held-out seeds {seeds[0]}-{seeds[-1]}) | UA | RA | TA | MIA | RTE (s) |")
-    print("|---|---|---|---|---|---|---|")
+    names = [*columns[:-1], f"{task.time_metric.removesuffix('_s')} (s)"]
+    print(f"\n| method | {task.headline_label} (held-out seeds {seeds[0]}-{seeds[-1]}) | " + " | ".join(names) + " |")
+    print("|---" * (len(columns) + 2) + "|")
     for row in rows:
-        gap = interval(row["avg_gap"]) if row.get("avg_gap") else "-"
-        cells = [f"{row[k]['mean']:.2f}" if k in row else "-" for k in COLUMNS]
+        gap = interval(row[headline]) if row.get(headline) else "-"
+        cells = [f"{row[k]['mean']:.2f}" if k in row else "-" for k in columns]
         print(f"| {row['method']} | {gap} | " + " | ".join(cells) + " |")
 
 

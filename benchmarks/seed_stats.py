@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.config import RunConfig, TrainRecipe  # noqa: E402
+from orchestrator.tasks.classification.config import RunConfig  # noqa: E402
+from orchestrator.training import TrainRecipe  # noqa: E402
 from orchestrator.errors import DivergenceError  # noqa: E402
 from orchestrator.methods import get_method  # noqa: E402
 from orchestrator.tasks import get_task  # noqa: E402

@@ -30,6 +30,7 @@ def main() -> None:
 
     import torch
 
+    from orchestrator.sweep.paths import SweepPaths
     from orchestrator.sweep.results import ResultsTable
     from orchestrator.sweep.spec import load_spec
     from orchestrator.sweep.tuner import run_sweep
@@ -44,13 +45,14 @@ def main() -> None:
                                                     "early_stopping": None, "seeds": [0]})
     spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"cpu": 1})})
 
-    summary = run_sweep(spec, storage=work / "runs", progress=False)
+    paths = SweepPaths(work / "runs", spec.name)
+    summary = run_sweep(spec, storage=paths.storage, progress=False)
     per_trial_sweep = summary["timing"]["trials_s"] / args.trials
-    df = ResultsTable(work / "runs" / spec.name / "results.parquet").read()
+    df = ResultsTable(paths.results).read()
 
     # The same trial function, in this process, on the same configs, with one thread like a trial.
     torch.set_num_threads(1)
-    cache = work / "runs" / spec.name / "references"
+    cache = paths.references
     in_process, rte_in_process = [], []
     for _, row in df.iterrows():
         searched = {k: row[f"config.{k}"] for k in spec.search}
@@ -59,11 +61,11 @@ def main() -> None:
         start = time.perf_counter()
         result = run_unlearning(cfg, cache, build=False, progress=False)
         in_process.append(time.perf_counter() - start)
-        rte_in_process.append(result.report["unlearned"]["RTE_s"])
+        rte_in_process.append(result.report["unlearned"][spec.task_contract.time_metric])
     per_trial_direct = sum(in_process) / len(in_process)
     # Ray's own clock of each trial function (time_total_s): the rest of the sweep's wall time
     # per trial is scheduling between trials and the driver's callbacks.
-    results = [json.loads(p.read_text().splitlines()[-1]) for p in (work / "runs" / spec.name / "tune").glob("*/result.json")]
+    results = [json.loads(p.read_text().splitlines()[-1]) for p in paths.tune().glob("*/result.json")]
     trainable_s = sum(r["time_total_s"] for r in results) / len(results)
     builds = build_log.read_text().splitlines() if build_log.exists() else []
     print(json.dumps({
@@ -73,7 +75,7 @@ def main() -> None:
         "overhead_fraction": round(per_trial_sweep / per_trial_direct - 1, 4),
         "trial_function_in_ray_s": round(trainable_s, 2),
         "between_trials_s": round(per_trial_sweep - trainable_s, 2),
-        "unlearning_rte_sweep_s": round(float(df["RTE_s"].mean()), 2),
+        "unlearning_rte_sweep_s": round(float(df[spec.task_contract.time_metric].mean()), 2),
         "unlearning_rte_in_process_s": round(sum(rte_in_process) / len(rte_in_process), 2),
         "references_build_s": round(summary["timing"]["references_s"], 1),
         "reference_models_built": len(builds),

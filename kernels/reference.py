@@ -1,7 +1,10 @@
 """Plain-torch reference implementation: the oracle every other backend is tested against.
 
-All functions take lists of tensors (one per parameter) and never concatenate them
-into one vector except where a test oracle needs to (``selection_masks`` works per tensor).
+All functions take lists of tensors (one per parameter). ``select_threshold`` concatenates
+every score into one float32 vector (4 bytes per parameter) and takes its top n; the other
+functions work per tensor. It is a production path too, not only the oracle: the default on
+devices the other backends do not serve (e.g. CUDA without triton), and the fallback of
+``fused`` without its native library and of ``triton`` for tensors it does not support.
 
 Selection rule (shared by every backend)
 ----------------------------------------

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import triton
 import triton.language as tl
 
 from kernels import reference, selection

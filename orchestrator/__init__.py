@@ -8,15 +8,17 @@ What a user calls from Python, imported on first use (``import orchestrator`` st
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
 _PUBLIC = {
     "run_unlearning": "orchestrator.trial",
     "TrialResult": "orchestrator.tasks",
-    "RunConfig": "orchestrator.config",
-    "TrainRecipe": "orchestrator.config",
-    "DiffusionRunConfig": "orchestrator.diffusion.config",
+    "RunConfig": "orchestrator.tasks.classification.config",
+    "TrainRecipe": "orchestrator.training",
+    "DiffusionRunConfig": "orchestrator.tasks.class_erasure.config",
+    "TextToImageRunConfig": "orchestrator.tasks.text_to_image.config",
     "ScissorhandsConfig": "orchestrator.methods.scissorhands",
     "ScissorhandsDiffusionConfig": "orchestrator.methods.scissorhands_diffusion",
     "Method": "orchestrator.methods",
@@ -32,6 +34,20 @@ _PUBLIC = {
     "DivergenceError": "orchestrator.errors",
 }
 __all__ = sorted(_PUBLIC)
+
+if TYPE_CHECKING:  # what editors and type checkers resolve; at run time __getattr__ imports on first use
+    from orchestrator.tasks.classification.config import RunConfig
+    from orchestrator.errors import DivergenceError, UserError
+    from orchestrator.methods import Method, MethodResult, get_method, list_methods, register
+    from orchestrator.methods.scissorhands import ScissorhandsConfig
+    from orchestrator.methods.scissorhands_diffusion import ScissorhandsDiffusionConfig
+    from orchestrator.sweep.spec import load_spec
+    from orchestrator.sweep.tuner import run_sweep
+    from orchestrator.tasks import TrialResult, get_task, list_tasks
+    from orchestrator.tasks.class_erasure.config import DiffusionRunConfig
+    from orchestrator.tasks.text_to_image.config import TextToImageRunConfig
+    from orchestrator.training import TrainRecipe
+    from orchestrator.trial import run_unlearning
 
 
 def __getattr__(name: str):

@@ -21,6 +21,10 @@ from torch import nn
 from orchestrator.storage import atomic_write_bytes, atomic_write_json, content_key, file_lock, sha256_file
 
 BUILD_LOG_ENV = "SCISSORHANDS_BUILD_LOG"  # optional file that gets one line per model trained
+# An entry's files (``sweep/store.py`` mirrors entries by these names).
+WEIGHTS = "model.pt"  # the state dict
+MANIFEST = "meta.json"  # its sha256, spec and training info; written last
+METRICS_PREFIX = "metrics-"  # cached metrics of the model: metrics-<key>.json (+ e.g. .png)
 
 
 def default_cache_dir() -> Path:
@@ -49,13 +53,13 @@ class Cached:
         return result
 
     def metrics_path(self, key: dict, suffix: str) -> Path:
-        return self.path / f"metrics-{content_key(key)}{suffix}"
+        return self.path / f"{METRICS_PREFIX}{content_key(key)}{suffix}"
 
 
 def load_checkpoint(entry: Path, model: nn.Module) -> dict | None:
     """Load ``entry/model.pt`` into ``model`` if its sha256 matches ``entry/meta.json``; return the meta.
     None when the entry is missing or unreadable: anything corrupt is rebuilt, never loaded."""
-    meta_file, weights = entry / "meta.json", entry / "model.pt"
+    meta_file, weights = entry / MANIFEST, entry / WEIGHTS
     try:
         meta = json.loads(meta_file.read_text())
         if sha256_file(weights) != meta["sha256"]:
@@ -74,9 +78,9 @@ def save_checkpoint(kind: str, entry: Path, model: nn.Module, meta: dict) -> dic
     so a crash in between leaves an entry that fails verification."""
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    atomic_write_bytes(entry / "model.pt", buf.getvalue())
-    meta = {"sha256": sha256_file(entry / "model.pt"), **meta}
-    atomic_write_json(entry / "meta.json", meta)
+    atomic_write_bytes(entry / WEIGHTS, buf.getvalue())
+    meta = {"sha256": sha256_file(entry / WEIGHTS), **meta}
+    atomic_write_json(entry / MANIFEST, meta)
     if os.environ.get(BUILD_LOG_ENV):
         with open(os.environ[BUILD_LOG_ENV], "a") as log:
             log.write(f"{kind} {entry.name}\n")
@@ -103,7 +107,7 @@ def cached_model(
             return Cached(kind, model.eval(), entry, meta)
         if not allow_build:
             raise RuntimeError(f"{kind} reference {entry} is missing; it must be built before the trials")
-        for stale in list(entry.glob("metrics-*")):  # metrics of a model that no longer exists
+        for stale in list(entry.glob(f"{METRICS_PREFIX}*")):  # metrics of a model that no longer exists
             stale.unlink()
         info = train(model)
         meta = save_checkpoint(kind, entry, model, {"spec": spec, "info": info})

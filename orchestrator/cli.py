@@ -1,4 +1,6 @@
-"""The ``scissorhands`` command: argument parsing only; each subcommand calls one function."""
+"""The ``scissorhands`` command: each subcommand turns its flags into one library call and prints
+the result; ``frontier`` and ``pick`` also sync the sweep store (``--storage``, a folder or a
+bucket): they pull the sweep's results, and ``pick`` pushes the held-out seeds' references back."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from orchestrator.errors import DivergenceError, UserError
-from orchestrator.flags import add_config_flags, config_from_args, picked
+from orchestrator.errors import DivergenceError, FieldError, UserError
+from orchestrator.flags import add_config_flags, config_from_args, flag_for, picked
 
 
 def add_run_flags(parser: argparse.ArgumentParser, task, method=None) -> None:
@@ -75,8 +77,9 @@ def _storage(args):
 
 
 def cmd_sweep(args) -> int:
-    from orchestrator.sweep.spec import load_spec
     from orchestrator.sweep.frontier_table import format_frontier
+    from orchestrator.sweep.paths import SweepPaths
+    from orchestrator.sweep.spec import load_spec
 
     spec = load_spec(args.space)  # every YAML problem surfaces here, before Ray starts
     if args.trials is not None and args.trials < 1:
@@ -91,11 +94,11 @@ def cmd_sweep(args) -> int:
         tracking_uri=args.tracking_uri, resume=args.resume, progress=not args.no_progress,
         spec_text=Path(args.space).read_text(), resource_wait_s=args.resource_wait,
     )
-    name = args.name or spec.name
-    print(format_frontier(store.root, name))
-    print(f"\nresults: {store.uri(f'{name}/results.parquet')}")
+    paths = SweepPaths(store.root, args.name or spec.name)
+    print(format_frontier(store.root, paths.name))
+    print(f"\nresults: {store.uri(paths.rel(paths.results))}")
     for plot in summary.get("plots", []):
-        print(f"plot:    {store.uri(f'{name}/{Path(plot).name}')}")
+        print(f"plot:    {store.uri(paths.rel(paths.root / Path(plot).name))}")
     if "hypervolume" in summary:
         print(f"hypervolume: {summary['hypervolume']:.4g} (reference point {summary['hypervolume_reference_point']})")
     print(f"dashboard: scissorhands ui --storage {args.storage}   (then open http://127.0.0.1:5000)")
@@ -112,15 +115,17 @@ def cmd_frontier(args) -> int:
 
 
 def cmd_pick(args) -> int:
-    from orchestrator.sweep.pick import pick
-
     from orchestrator.storage import atomic_write_json
+    from orchestrator.sweep.frontier_table import sweep_task
+    from orchestrator.sweep.paths import SweepPaths
+    from orchestrator.sweep.pick import pick
 
     if args.json and not Path(args.json).parent.exists():
         raise UserError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
     store = _storage(args)
     store.pull_results(args.name)
-    references = f"{args.name}/references"
+    paths = SweepPaths(store.root, args.name)
+    references = paths.rel(paths.references)
     intact = store.pull_references(references, verify_store=False)
     chosen, table = pick(store.root, args.name, args.rule, args.where or [], alias=args.alias,
                          model_name=args.model_name, tracking_uri=args.tracking_uri,
@@ -135,8 +140,8 @@ def cmd_pick(args) -> int:
     if chosen["alias"]:
         print(f"registered {chosen['model_uri']}; load it with: mlflow.pytorch.load_model({chosen['model_uri']!r})")
     else:
-        imp = validation["improvement"]
-        print(f"not better than doing nothing on {len(validation['seeds'])} held-out seeds (Avg. Gap improvement "
+        imp, label = validation["improvement"], sweep_task(store.root, args.name).headline_label
+        print(f"not better than doing nothing on {len(validation['seeds'])} held-out seeds ({label} improvement "
               f"{imp['mean']:.3f}, 95% CI [{imp['ci95_low']:.3f}, {imp['ci95_high']:.3f}]): registered as "
               f"{chosen['model_uri']} without the {args.alias!r} alias")
     if args.json:
@@ -157,20 +162,16 @@ def cmd_ui(args) -> int:
     exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
     cmd = [exe, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
     print(" ".join(cmd), flush=True)
-    os.execv(exe, cmd)
-    return 0
+    os.execv(exe, cmd)  # replaces this process: never returns
 
 
 def build_parser(task_name: str = "classification", method_name: str | None = None) -> argparse.ArgumentParser:
     """The parser; ``train`` and ``unlearn`` carry the flags of the chosen task and method."""
-    from orchestrator.methods import get_method, list_methods
+    from orchestrator.methods import list_methods, method_for
     from orchestrator.tasks import get_task, list_tasks
 
     task = get_task(task_name)
-    method = get_method(method_name or task.default_method)
-    if method.task != task.name:
-        raise UserError(f"--method {method.name}: a {method.task} method; {task.name} methods: "
-                        f"{', '.join(list_methods(task.name))}")
+    method = method_for(method_name or task.default_method, task.name)
     parser = argparse.ArgumentParser(prog="scissorhands", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     selectors = argparse.ArgumentParser(add_help=False)
@@ -179,14 +180,15 @@ def build_parser(task_name: str = "classification", method_name: str | None = No
 
     p = sub.add_parser("train", parents=[selectors], help="train (or load from cache) the reference models")
     add_run_flags(p, task)
-    p.set_defaults(func=functools.partial(cmd_train, task=task))
+    p.set_defaults(func=functools.partial(cmd_train, task=task), config_classes=(task.config_class,))
 
     p = sub.add_parser("unlearn", parents=[selectors], help="one unlearning run, evaluated against its references")
     p.add_argument("--method", default=task.default_method,
                    help=f"{' | '.join(list_methods(task.name))} (--method NAME --help lists its knobs)")
     add_run_flags(p, task, method)
     p.add_argument("--json", default=None, help="write the result JSON here")
-    p.set_defaults(func=functools.partial(cmd_unlearn, task=task, method=method))
+    p.set_defaults(func=functools.partial(cmd_unlearn, task=task, method=method),
+                   config_classes=(task.config_class, method.config_class))
 
     storage_help = ("where sweeps live: a folder (default ./runs, also the default MLflow store) or a bucket, "
                     "s3://BUCKET/PREFIX or gs://BUCKET/PREFIX, credentials from the environment")
@@ -212,7 +214,9 @@ def build_parser(task_name: str = "classification", method_name: str | None = No
 
     p = sub.add_parser("pick", help="register a sweep trial's model in the MLflow Model Registry")
     p.add_argument("name")
-    p.add_argument("--rule", default="min-avg_gap", help="min-METRIC or max-METRIC, e.g. min-avg-gap, max-RA")
+    p.add_argument("--rule", default=None,
+                   help="min-METRIC or max-METRIC, e.g. min-avg-gap, max-RA (default: min- the task's headline "
+                        "metric, min-avg_gap for classification)")
     p.add_argument("--where", action="append", help="constraint METRIC>=X / METRIC<=X (repeatable), e.g. UA>=90")
     p.add_argument("--frontier-only", action="store_true", help="choose among frontier trials only")
     p.add_argument("--method", dest="pick_method", default=None,
@@ -235,17 +239,27 @@ def build_parser(task_name: str = "classification", method_name: str | None = No
     return parser
 
 
+def error_line(exc: UserError, args: argparse.Namespace | None) -> str:
+    """The one place a config field becomes its flag: a FieldError from a command whose config
+    the flags built (train, unlearn) names the flag; any other error reads as raised."""
+    classes = getattr(args, "config_classes", ())
+    if isinstance(exc, FieldError) and classes:
+        return exc.named(flag_for(exc.field, *classes))
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     selectors = argparse.ArgumentParser(add_help=False)
     selectors.add_argument("--task", default="classification")
     selectors.add_argument("--method", default=None)
     chosen, _ = selectors.parse_known_args(argv)
+    args = None
     try:
         args = build_parser(chosen.task, chosen.method).parse_args(argv)
         return args.func(args)
     except UserError as exc:
-        print(f"scissorhands: error: {exc}", file=sys.stderr)
+        print(f"scissorhands: error: {error_line(exc, args)}", file=sys.stderr)
         return 2
     except DivergenceError as exc:
         print(f"scissorhands: diverged: {exc}", file=sys.stderr)

@@ -1,13 +1,17 @@
 """Command-line flags built from config dataclasses: one flag per field, for every task,
 recipe and method config. Every default is None, so the config (or a preset) fills in what
-the user did not set. A class may name flag help (``HELP``), repeatable flags
-(``FLAG_NAMES``) and nested recipes with their flag prefix (``NESTED``)."""
+the user did not set. Help comes from a field's declaration (``orchestrator.fields.run_field``)
+or the class's ``HELP``; a class may name repeatable flags
+(``FLAG_NAMES``) and nested recipes with their flag prefix (``NESTED``). ``flag_for`` names the
+flag of a config field, so a ``FieldError`` reads as the flag the user typed."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import typing
 from typing import Any
+
+from orchestrator.fields import field_help
 
 SKIPPED = ("method", "knobs")  # chosen by --method, filled from the method's own flags
 
@@ -29,7 +33,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str, pre
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     nested = getattr(cls, "NESTED", {})
-    helps, names = getattr(cls, "HELP", {}), getattr(cls, "FLAG_NAMES", {})
+    names = getattr(cls, "FLAG_NAMES", {})
     for f in dataclasses.fields(cls):
         if f.name in skip or f.name in SKIPPED:
             continue
@@ -38,7 +42,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str, pre
             add_config_flags(parser, hints[f.name], sub_title, prefix=sub_prefix)
             continue
         flag = names.get(f.name) or f"--{prefix}{f.name}".replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": f"{prefix}{f.name}", "default": None, "help": helps.get(f.name)}
+        kwargs: dict[str, Any] = {"dest": f"{prefix}{f.name}", "default": None, "help": field_help(cls, f.name)}
         tp = hints[f.name]
         if typing.get_origin(tp) is tuple:
             inner = typing.get_args(tp)[0]
@@ -69,3 +73,31 @@ def config_from_args(args: argparse.Namespace, cls: type, **fields) -> Any:
     for name, (prefix, _) in getattr(cls, "NESTED", {}).items():
         values[name] = dataclasses.replace(hints[name](), **picked(args, hints[name], prefix))
     return cls(**{**values, **fields})
+
+
+def flag_for(field: str, *classes: type) -> str:
+    """The flag ``add_config_flags`` gives a config field (how the CLI names a ``FieldError``).
+
+    ``field`` is a field name or a dotted path through ``NESTED`` recipes ("trim_ratio",
+    "recipe.lr" -> "--train-lr"), looked up in the first of ``classes`` that has it; a
+    ``FLAG_NAMES`` entry wins. A field none of them has reads ``--`` plus its name with dashes."""
+    for cls in classes:
+        flag = _flag_in(cls, field.split("."), "")
+        if flag:
+            return flag
+    return "--" + field.replace(".", "-").replace("_", "-")
+
+
+def _flag_in(cls: type, path: list[str], prefix: str) -> str | None:
+    if not dataclasses.is_dataclass(cls) or path[0] in SKIPPED:
+        return None
+    if path[0] not in {f.name for f in dataclasses.fields(cls)}:
+        return None
+    nested = getattr(cls, "NESTED", {})
+    if len(path) > 1:
+        if path[0] not in nested:
+            return None
+        return _flag_in(typing.get_type_hints(cls)[path[0]], path[1:], prefix + nested[path[0]][0])
+    if path[0] in nested:
+        return None
+    return getattr(cls, "FLAG_NAMES", {}).get(path[0]) or f"--{prefix}{path[0]}".replace("_", "-")

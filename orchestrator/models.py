@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orchestrator.errors import UserError
+from orchestrator.errors import FieldError, UserError
+from orchestrator.registry import Registry
 
 
 class NormalizesInput(nn.Module):
@@ -86,34 +87,78 @@ class ResNet(NormalizesInput):
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    build: Callable[[int, int, int], ResNet]  # (in_channels, num_classes, width) -> model
+class ModelFamily:
+    """A ``--model`` name (a built-in, or one added with :func:`register_model`): its builder
+    and the defaults that go with it; one declaration per family (:func:`model_family`)."""
+
+    name: str
+    build: Callable[[int, int, int], nn.Module]  # (in_channels, num_classes, width) -> model
     default_width: int
     late_layers: tuple[str, ...]  # the paper's "last stages + fc" for this depth
     size: str  # "small" (CPU defaults) or "large"
+
+
+FAMILIES: Registry[ModelFamily] = Registry("model", {})
+OTHER_MODELS = (("MODULE:FUNCTION", "your factory"), ("hf:DIR", "local Hugging Face model"))  # beside the families
+
+
+def register_model(family: ModelFamily) -> ModelFamily:
+    """Make a model family available as ``--model NAME`` (the built-ins are declared below)."""
+    return FAMILIES.add(family.name, family)
+
+
+def unregister_model(name: str) -> None:
+    """Forget a family added at run time."""
+    FAMILIES.remove(name)
+
+
+def model_family(name: str, *, default_width: int, late_layers: tuple[str, ...], size: str):
+    """Declare a builder ``(in_channels, num_classes, width) -> nn.Module`` as model family ``name``."""
+    def declare(build: Callable[[int, int, int], nn.Module]) -> Callable[[int, int, int], nn.Module]:
+        register_model(ModelFamily(name, build, default_width, tuple(late_layers), size))
+        return build
+    return declare
 
 
 def _widths(base: int, stages: int) -> list[int]:
     return [base * 2**i for i in range(stages)]
 
 
-MODELS: dict[str, ModelInfo] = {
-    "resnet18": ModelInfo(
-        lambda c, k, w: ResNet([2, 2, 2, 2], _widths(w, 4), c, k), 64, ("layer3", "layer4", "fc"), "large"
-    ),
-    "resnet20": ModelInfo(
-        lambda c, k, w: ResNet([3, 3, 3], _widths(w, 3), c, k), 16, ("layer2", "layer3", "fc"), "small"
-    ),
-    "resnet8": ModelInfo(
-        lambda c, k, w: ResNet([1, 1, 1], _widths(w, 3), c, k), 16, ("layer2", "layer3", "fc"), "small"
-    ),
-}
+@model_family("resnet8", default_width=16, late_layers=("layer2", "layer3", "fc"), size="small")
+def resnet8(in_channels: int, num_classes: int, width: int) -> ResNet:
+    return ResNet([1, 1, 1], _widths(width, 3), in_channels, num_classes)
 
 
-def model_info(name: str) -> ModelInfo:
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}, MODULE:FUNCTION or hf:DIR")
-    return MODELS[name]
+@model_family("resnet20", default_width=16, late_layers=("layer2", "layer3", "fc"), size="small")
+def resnet20(in_channels: int, num_classes: int, width: int) -> ResNet:
+    return ResNet([3, 3, 3], _widths(width, 3), in_channels, num_classes)
+
+
+@model_family("resnet18", default_width=64, late_layers=("layer3", "layer4", "fc"), size="large")
+def resnet18(in_channels: int, num_classes: int, width: int) -> ResNet:
+    return ResNet([2, 2, 2, 2], _widths(width, 4), in_channels, num_classes)
+
+
+def list_models() -> list[str]:
+    """The model families' names (sorted, as ``list_methods``)."""
+    return FAMILIES.names()
+
+
+def model_help() -> str:
+    """``resnet8 | resnet20 | resnet18 | MODULE:FUNCTION (your factory) | hf:DIR (...)``, in declaration order."""
+    return " | ".join([*FAMILIES.loaded, *(f"{usage} ({what})" for usage, what in OTHER_MODELS)])
+
+
+def is_family(name: str) -> bool:
+    """``name`` is a declared family (not ``MODULE:FUNCTION`` or ``hf:DIR``)."""
+    return name in FAMILIES.loaded
+
+
+def get_model_family(name: str) -> ModelFamily:
+    if not is_family(name):
+        raise UserError(f"unknown model {name!r}; allowed: {', '.join(list_models())}, "
+                        f"{' or '.join(usage for usage, _ in OTHER_MODELS)}")
+    return FAMILIES.get(name)
 
 
 class Normalized(NormalizesInput):
@@ -161,26 +206,28 @@ def _hf_folder(name: str) -> Path:
 def check_model(name: str, code_dir: str | None = None, width: int | None = None) -> None:
     """Everything about ``--model`` that needs no data: the name, the factory, the folder."""
     if code_dir is not None and not Path(code_dir).is_dir():
-        raise UserError(f"--code-dir {code_dir}: no such directory")
+        raise FieldError("code_dir", code_dir, "no such directory")
     if name.startswith("hf:"):
         _hf_folder(name)
     elif ":" in name:
         _import_factory(name, code_dir)
     else:
-        model_info(name)
-    if width is not None and name not in MODELS:
-        raise UserError(f"--width {width}: applies to the built-in ResNets only, not {name}")
+        get_model_family(name)
+    if width is not None and not is_family(name):
+        raise FieldError("width", width, f"applies to the built-in ResNets only, not {name}")
+    if width is not None and width < 1:
+        raise FieldError("width", width, "must be a positive integer")
 
 
 def model_size(name: str) -> str:
     """Built-ins by their size; any other model gets the reference code's values (``large``)."""
-    return MODELS[name].size if name in MODELS else "large"
+    return get_model_family(name).size if is_family(name) else "large"
 
 
 def model_source(name: str, code_dir: str | None = None) -> str | None:
     """A content hash of the code (a user's module file) or config (a Hugging Face folder)
     a model is built from, for cache keys; None for the built-ins (the package version covers them)."""
-    if name in MODELS:
+    if is_family(name):
         return None
     if name.startswith("hf:"):
         path = _hf_folder(name) / "config.json"
@@ -225,13 +272,13 @@ def build_model(name: str, in_channels: int, num_classes: int, width: int | None
                 code_dir: str | None = None) -> nn.Module:
     """A built-in ResNet; ``MODULE:FUNCTION`` (called as ``FUNCTION(in_channels=C, num_classes=K)``,
     returning an ``nn.Module`` that maps [N, C, H, W] floats to [N, K] logits); or ``hf:DIR``."""
-    if name in MODELS or ":" not in name:
-        info = model_info(name)
-        width = width or info.default_width
+    if is_family(name) or ":" not in name:
+        family = get_model_family(name)
+        width = width or family.default_width
         if width < 1:
-            raise UserError(f"--width {width}: must be a positive integer")
-        model = info.build(in_channels, num_classes, width)
-        model.late_layers = info.late_layers
+            raise FieldError("width", width, "must be a positive integer")
+        model = family.build(in_channels, num_classes, width)
+        model.late_layers = family.late_layers
         return model
     if name.startswith("hf:"):
         net = _build_hf(name, in_channels, num_classes)

@@ -57,18 +57,26 @@ def paired_improvement(baseline: Iterable[float], treated: Iterable[float]) -> t
     return s, bool(s.ci95_low > 0)
 
 
-def aggregate(per_seed: list[Mapping[str, float]]) -> dict[str, float]:
+def aggregate(per_seed: list[Mapping[str, float]], paired: tuple[str, str] | None = None) -> dict[str, float]:
     """Flat columns for every metric: ``m`` (mean), ``m_std``, ``m_se``, ``m_n``, ``m_ci95``;
-    with ``avg_gap`` and ``avg_gap_original`` also the paired improvement over doing nothing."""
+    with ``paired=(metric, baseline)`` (a task's headline and the untouched original's, both
+    reported) also the paired improvement ``baseline - metric`` over doing nothing (``PAIRED_KEYS``)."""
     out: dict[str, float] = {}
     for key in per_seed[0]:
         s = summarize(m[key] for m in per_seed)
         out.update({key: s.mean, f"{key}_std": s.std, f"{key}_se": s.se, f"{key}_n": s.n, f"{key}_ci95": s.ci95})
-    if "avg_gap" in out and "avg_gap_original" in out:
-        s, better = paired_improvement([m["avg_gap_original"] for m in per_seed], [m["avg_gap"] for m in per_seed])
+    if paired is not None and all(key in out for key in paired):
+        metric, baseline = paired
+        s, better = paired_improvement([m[baseline] for m in per_seed], [m[metric] for m in per_seed])
         out.update(zip(PAIRED_KEYS, (s.mean, s.ci95_low, s.ci95_high, better)))
     return out
 
+
+def headline_pair(task) -> tuple[str, str] | None:
+    """``(headline, baseline)`` of a task (``orchestrator.tasks.Task``) that has both, else None."""
+    if task.headline_metric is None or task.headline_baseline is None:
+        return None
+    return task.headline_metric, task.headline_baseline
 
 
 def interval_text(s: Summary, digits: int = 3) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -10,7 +11,23 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from orchestrator.errors import DivergenceError, UserError
+from orchestrator.errors import DivergenceError, UserError, need_positive_ints, need_sgd
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How the original and retrain reference models are trained (same recipe for both)."""
+
+    epochs: int = 12
+    lr: float = 0.1
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True  # random shifts (and flips for natural images); off lets a model memorise
+
+    def validate(self) -> None:
+        need_positive_ints(self, ("epochs", "batch_size"))
+        need_sgd(self)
 
 
 def set_threads() -> int:
@@ -100,7 +117,8 @@ def train_classifier(
     desc: str = "train",
     progress: bool = True,
 ) -> list[dict]:
-    """SGD with a cosine schedule; returns per-epoch loss/accuracy."""
+    """Nesterov SGD with a one-cycle schedule (``OneCycleLR``: the learning rate warms up to ``lr``
+    over the first 15% of steps, then anneals along a cosine); returns per-epoch loss/accuracy."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
     steps = epochs * math.ceil(len(y) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)

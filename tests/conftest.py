@@ -54,7 +54,7 @@ def shared_cache(tmp_path_factory):
 def tiny_references(shared_cache):
     """The shared cache with the tiny recipe's references (class 3) for seeds 0-6 built: the
     search seeds and the held-out seeds of the tests' picks."""
-    from orchestrator.sweep.summary import build_references
+    from orchestrator.sweep.references import build_references
     from tests.measured import tiny_space_spec
     from tests.spaces import PICK
 

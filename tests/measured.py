@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.config import RunConfig, TrainRecipe
+from orchestrator.tasks.classification.config import RunConfig
+from orchestrator.training import TrainRecipe
 
 # Small but real: ResNet-8 at width 8 on the bundled MNIST digits, 4 epochs (~95% test
 # accuracy), without augmentation or weight decay: the model fits its training set more
@@ -151,7 +152,7 @@ def first_epoch_retain_acc(seed: int, cache: Path, point: dict) -> float:
 
 def diffusion_tiny():
     """The diffusion tests' tiny run: 8x8 digits, a 2-level UNet, a few hundred steps."""
-    from orchestrator.diffusion.config import ClassifierRecipe, DiffusionRunConfig, GeneratorRecipe
+    from orchestrator.tasks.class_erasure.config import ClassifierRecipe, DiffusionRunConfig, GeneratorRecipe
     from orchestrator.methods.scissorhands_diffusion import ScissorhandsDiffusionConfig
 
     return DiffusionRunConfig(
@@ -179,10 +180,12 @@ def erasure_quantities(result) -> dict[str, float]:
 
 def class_task(cfg, anchor_class=None):
     """The class-conditional erasure task of ``cfg`` (digits at the run's size, its noise schedule)."""
-    from orchestrator.data import ForgetSpec, load_dataset, split_forget
-    from orchestrator.diffusion.references import resize_uint8, to_signed
+    from orchestrator.datasets import load_dataset
+    from orchestrator.datasets.images import resize_uint8
+    from orchestrator.forget import ForgetSpec, split_forget
+    from orchestrator.diffusion.images import to_signed
     from orchestrator.diffusion.sampling import alphas_cumprod
-    from orchestrator.diffusion.tasks import ClassTask
+    from orchestrator.tasks.class_erasure.data import ClassTask
 
     data = split_forget(load_dataset("mnist5k"), ForgetSpec.parse(cfg.forget), cfg.seed)
     return ClassTask(
@@ -229,7 +232,7 @@ def repair_quantities(cfg, original, seed: int = 0) -> dict[str, float]:
 
     import torch
 
-    from orchestrator.diffusion.config import with_knobs
+    from orchestrator.tasks.class_erasure.config import with_knobs
     from orchestrator.methods import get_method
 
     method = get_method("scissorhands_diffusion")
@@ -287,9 +290,9 @@ def build_tiny_sd(root: Path) -> Path:
     return root / "pipe"
 
 
-# The Stable Diffusion (prompt) run on that pipeline, as flags.
+# The text-to-image run on that pipeline, as flags.
 SD_FLAGS = ("--pretrained {pipe} --trim-modules attn2 --score-batches 2 --epochs 2 --steps-per-epoch 10 --lr 1e-3 "
-            "--ddim-steps 4 --sd-samples-per-prompt 4 --device cpu")
+            "--ddim-steps 4 --samples-per-prompt 4 --device cpu")
 
 
 def sd_gap_ratio(root: Path, cache: Path, seed: int) -> float:
@@ -297,7 +300,7 @@ def sd_gap_ratio(root: Path, cache: Path, seed: int) -> float:
     from orchestrator.cli import main
 
     out = root / "sd.json"
-    argv = ["unlearn", "--task", "diffusion", *SD_FLAGS.format(pipe=build_tiny_sd(root)).split(), "--forget-prompt",
+    argv = ["unlearn", "--task", "text_to_image", *SD_FLAGS.format(pipe=build_tiny_sd(root)).split(), "--forget-prompt",
             "a cat", "--forget-prompt", "a kitten", "--anchor-prompt", "a dog", "--seed", str(seed),
             "--cache-dir", str(cache), "--json", str(out), "--no-progress"]
     assert main(argv) == 0

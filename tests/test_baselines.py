@@ -13,7 +13,8 @@ import torch
 
 from orchestrator import get_method
 from orchestrator.cli import main
-from orchestrator.data import ForgetSpec, load_mnist5k, split_forget
+from orchestrator.datasets.mnist5k import load_mnist5k
+from orchestrator.forget import ForgetSpec, split_forget
 from orchestrator.models import build_model
 from orchestrator.sweep.results import ResultsTable
 from tests.measured import FAST, SEEDS, baseline_quantities, classwise_report, mean

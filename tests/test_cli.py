@@ -17,6 +17,8 @@ from orchestrator.cli import main
         (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "no such directory"),
         (["--trim-ratio", "1.5"], "--trim-ratio 1.5: must be in (0, 1)"),
         (["--trim-ratio", "0"], "--trim-ratio 0.0: must be in (0, 1)"),
+        (["--train-lr", "-1"], "--train-lr -1.0: must be a positive number"),
+        (["--init", "normal"], "--init 'normal': allowed kaiming_uniform, zeros"),
         (["--forget", "class:11"], "class:11: class not in the data"),
         (["--forget", "random:0.00001"], "selects no training sample"),
         (["--projection-scope", "layerwise"], "allowed global, per_layer"),
@@ -59,6 +61,37 @@ def test_method_help_lists_that_methods_knobs(capsys):
     out = capsys.readouterr().out
     assert done.value.code == 0
     assert "--mask-ratio" in out and "method salun" in out and "--trim-ratio" not in out
+
+
+def test_library_errors_name_the_field_and_only_the_cli_names_the_flag():
+    import pickle
+
+    from orchestrator.tasks.classification.config import RunConfig
+    from orchestrator.training import TrainRecipe
+    from orchestrator.errors import FieldError, within
+    from orchestrator.flags import flag_for
+    from orchestrator.methods import get_method
+
+    with pytest.raises(FieldError, match=r"^trim_ratio 2.0: must be in \(0, 1\)$") as err:
+        get_method("scissorhands").config(trim_ratio=2.0)
+    assert (err.value.field, err.value.value, err.value.rule) == ("trim_ratio", 2.0, "must be in (0, 1)")
+    assert str(pickle.loads(pickle.dumps(err.value))) == str(err.value)
+    with pytest.raises(FieldError, match=r"^recipe.lr -1: must be a positive number$"):
+        RunConfig(recipe=TrainRecipe(lr=-1)).validate()
+    with pytest.raises(FieldError, match=r"^init 'normal': allowed"):
+        get_method("scissorhands").config(init="normal")
+    with pytest.raises(FieldError, match=r"^a.b.momentum 1: must be in \[0, 1\)$"):
+        with within("a"), within("b"):
+            raise FieldError("momentum", 1, "must be in [0, 1)")
+    knobs = get_method("scissorhands").config_class
+    assert flag_for("trim_ratio", RunConfig, knobs) == "--trim-ratio"
+    assert flag_for("recipe.lr", RunConfig, knobs) == "--train-lr"
+    assert flag_for("no_such_field", RunConfig) == "--no-such-field"
+
+    class Renamed(RunConfig):
+        FLAG_NAMES = {"forget": "--forget-set"}
+
+    assert flag_for("forget", Renamed) == "--forget-set"
 
 
 # Every Scissorhands flag the suite does not otherwise run: flag -> (value given, knob value read back).

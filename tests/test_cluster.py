@@ -56,7 +56,7 @@ def tiny_references(tmp_path_factory, _booting_server):
     so a copy under any sweep's references/ is a cache hit and the sweep skips training).
     Requests the server only so that it boots while the references train."""
     from orchestrator.sweep.spec import load_spec
-    from orchestrator.sweep.summary import build_references
+    from orchestrator.sweep.references import build_references
 
     root = tmp_path_factory.mktemp("tiny-references")
     space = root / "tiny.yaml"
@@ -181,10 +181,10 @@ def test_model_artifact_downloads_from_server_and_reproduces_ta(spread_sweep, tm
     import mlflow
     import torch
 
-    from orchestrator.evaluation import top1_accuracy
+    from orchestrator.tasks.classification.evaluation import top1_accuracy
     from orchestrator.sweep.spec import load_spec
     from orchestrator.training import predict_proba
-    from orchestrator.tasks.classification import prepare
+    from orchestrator.tasks.classification.task import prepare
 
     row = spread_sweep.df.iloc[0]
     run = spread_sweep.client.get_run(row["mlflow_run_id"])

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.data import ForgetSpec, load_cifar10, load_dataset, load_mnist5k, split_forget
+from orchestrator.datasets import load_dataset
+from orchestrator.datasets.cifar10 import load_cifar10
+from orchestrator.datasets.mnist5k import load_mnist5k
+from orchestrator.forget import ForgetSpec, split_forget
 from orchestrator.errors import UserError
 
 
@@ -76,7 +79,7 @@ def test_forget_class_not_in_data_and_whole_training_set():
 
 
 def load_dataset_from_arrays(x, y):
-    from orchestrator.data import make_dataset
+    from orchestrator.datasets import make_dataset
 
     return make_dataset("arrays", x, y, x[:2], y[:2], natural=False)
 

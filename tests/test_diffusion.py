@@ -6,14 +6,16 @@ in a few minutes on 2 CPU cores; the acceptance-size numbers live in the report,
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from orchestrator.diffusion.config import DiffusionRunConfig, GeneratorRecipe, with_knobs
 from orchestrator.errors import UserError
 from orchestrator.methods import get_method
+from orchestrator.tasks.class_erasure.config import DiffusionRunConfig, GeneratorRecipe, with_knobs
+from orchestrator.tasks.text_to_image.config import TextToImageRunConfig
 from orchestrator.trial import run_unlearning
 from tests.measured import (SD_FLAGS, build_tiny_sd, class_task, diffusion_tiny, erasure_quantities, original_unet,
                              repair_quantities)
@@ -71,18 +73,17 @@ def tiny_run(cache, tmp_path_factory):
         ({"repair": "descent"}, ["descent", "anchor", "ascent"]),
         ({"forget": "random:0.1"}, ["random:0.1", "class:3"]),
         ({"forget": "klass:3"}, ["klass:3", "class:K"]),
-        ({"anchor_class": 3}, ["--anchor-class 3", "class:3"]),
-        ({"trim_ratio": 1.5}, ["--trim-ratio 1.5", "(0, 1)"]),
-        ({"image_size": 12}, ["--image-size 12", "16"]),
+        ({"anchor_class": 3}, ["anchor_class 3", "class:3"]),
+        ({"trim_ratio": 1.5}, ["trim_ratio 1.5", "(0, 1)"]),
+        ({"image_size": 12}, ["image_size 12", "16"]),
         ({"threshold_scope": "global"}, ["global", "trimmed"]),
         ({"repair_modules": "some"}, ["some", "all"]),
         ({"device": "tpu"}, ["tpu", "cpu"]),
-        ({"epochs": -1}, ["--epochs -1", ">= 0"]),
-        ({"steps_per_epoch": 0}, ["--steps-per-epoch 0", ">= 1"]),
-        ({"gen_ema_decay": 1.0}, ["--gen-ema-decay 1.0", "[0, 1)"]),
-        ({"gen_norm_groups": 5}, ["--gen-norm-groups 5", "divide"]),
+        ({"epochs": -1}, ["epochs -1", ">= 0"]),
+        ({"steps_per_epoch": 0}, ["steps_per_epoch 0", ">= 1"]),
+        ({"gen_ema_decay": 1.0}, ["generator.ema_decay 1.0", "[0, 1)"]),
+        ({"gen_norm_groups": 5}, ["generator.norm_groups 5", "divide"]),
         ({"clf_model": "vgg"}, ["vgg", "resnet8"]),
-        ({"pretrained": "/nonexistent/sd"}, ["/nonexistent/sd", "no such directory"]),
     ],
 )
 def test_validate_names_bad_value_and_allowed(knobs, words):
@@ -92,20 +93,28 @@ def test_validate_names_bad_value_and_allowed(knobs, words):
         assert word in str(err.value), (word, str(err.value))
 
 
-def test_validate_prompt_mode(tmp_path):
+def test_text_to_image_config_names_what_is_missing(tmp_path):
+    with pytest.raises(UserError, match="pretrained None: required"):
+        TextToImageRunConfig().validate()
+    with pytest.raises(UserError, match="pretrained '/nonexistent/sd': no such directory"):
+        TextToImageRunConfig(pretrained="/nonexistent/sd").validate()
+    with pytest.raises(UserError, match="model_index.json"):
+        TextToImageRunConfig(pretrained=str(tmp_path), forget_prompts=("x",), anchor_prompt="y").validate()
     (tmp_path / "model_index.json").write_text("{}")
-    base = DiffusionRunConfig(pretrained=str(tmp_path))
-    with pytest.raises(UserError, match="--forget-prompt"):
+    base = TextToImageRunConfig(pretrained=str(tmp_path))
+    with pytest.raises(UserError, match="forget_prompts"):
         base.validate()
-    with pytest.raises(UserError, match="--anchor-prompt"):
-        with_knobs(base, forget_prompts=("a cat",)).validate()
+    with pytest.raises(UserError, match="anchor_prompt"):
+        replace(base, forget_prompts=("a cat",)).validate()
     with pytest.raises(UserError, match="must differ"):
-        with_knobs(base, forget_prompts=("a cat",), anchor_prompt="a cat").validate()
-    ok = with_knobs(base, forget_prompts=("a cat",), anchor_prompt="a dog", trim_modules=("attn2",))
+        replace(base, forget_prompts=("a cat",), anchor_prompt="a cat").validate()
+    with pytest.raises(UserError, match="anchor_class 2: a class-erasure knob"):
+        TextToImageRunConfig(pretrained=str(tmp_path), forget_prompts="a cat", anchor_prompt="a dog",
+                             knobs={"anchor_class": 2}).validate()
+    ok = TextToImageRunConfig(pretrained=str(tmp_path), forget_prompts="a cat", anchor_prompt="a dog",
+                              knobs={"trim_modules": ["attn2"]})
     ok.validate()
     assert (ok.forget_prompts, ok.anchor_prompt, ok.knobs.trim_modules) == (("a cat",), "a dog", ("attn2",))
-    with pytest.raises(UserError, match="model_index.json"):
-        DiffusionRunConfig(pretrained=str(tmp_path / ".."), forget_prompts=("x",), anchor_prompt="y").validate()
 
 
 def test_defaults_validate_and_round_trip():
@@ -122,7 +131,7 @@ def test_defaults_validate_and_round_trip():
         DiffusionRunConfig.from_dict({"nope": 1})
 
 
-def test_cli_flags_build_the_config():
+def test_cli_flags_build_the_config(tmp_path):
     from orchestrator.cli import build_parser, run_config
     from orchestrator.tasks import get_task
 
@@ -141,9 +150,12 @@ def test_cli_flags_build_the_config():
     assert (cfg.classifier.epochs, k.anchor_class, k.lr, k.repair, cfg.seed) == (2, 1, 0.001, "ascent", 3)
     assert config("--projection false").knobs.projection is False
 
-    prompts = config("--forget-prompt a --forget-prompt b --anchor-prompt c")
+    (tmp_path / "model_index.json").write_text("{}")
+    args = build_parser("text_to_image").parse_args(["unlearn", "--task", "text_to_image", "--pretrained", str(tmp_path),
+                                                     *"--forget-prompt a --forget-prompt b --anchor-prompt c".split()])
+    prompts = run_config(args, get_task("text_to_image"), method)
     assert prompts.forget_prompts == ("a", "b") and prompts.anchor_prompt == "c"
-    with pytest.raises(UserError, match="--repair 'x'"):
+    with pytest.raises(UserError, match="repair 'x'"):
         config("--repair x")
 
 
@@ -157,7 +169,7 @@ def test_format_table():
     sd = {"original": {"forget_anchor_gap": 0.1, "forget_loss": 1.0, "retain_loss": 1.0}, "retrain": None,
           "unlearned": {"forget_anchor_gap": 0.01, "forget_loss": 1.0, "retain_loss": 1.0, "retain_drift": 0.1,
                         "RTE_s": 1.0, "gap_ratio": 0.1}}
-    sd_text = format_table(sd)
+    sd_text = get_task("text_to_image").format_table(sd)
     assert "0.100000" in sd_text and "0.010000" in sd_text  # both models' forget-anchor gaps, as given
     assert "unlearned / original: 0.100" in sd_text and "forget_acc" not in sd_text
 
@@ -166,7 +178,7 @@ def test_frechet_distance_matches_closed_form():
     import numpy as np
     from scipy import linalg
 
-    from orchestrator.diffusion.evaluation import frechet_distance
+    from orchestrator.tasks.class_erasure.evaluation import frechet_distance
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(300, 8))
@@ -400,9 +412,25 @@ def test_the_cli_runs_the_same_diffusion_run(tiny_run, cache, tmp_path):
         assert got == want, role
 
 
+@pytest.mark.parametrize("argv, line", [
+    ("--task diffusion --gen-ema-decay 1.0", "--gen-ema-decay 1.0: must be in [0, 1) (0 = no EMA)"),
+    ("--task diffusion --clf-lr 0", "--clf-lr 0.0: must be a positive number"),
+    ("--task diffusion --trim-modules attn2", "--trim-modules 'attn2': the class-conditional UNet2DModel"),
+    ("--task text_to_image --pretrained /nonexistent/sd", "--pretrained '/nonexistent/sd': no such directory"),
+    ("--task text_to_image", "--pretrained None: required"),
+])
+def test_the_cli_names_a_bad_field_by_its_flag(argv, line, tmp_path, capsys):
+    from orchestrator.cli import main
+
+    assert main(["unlearn", *argv.split(), "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"scissorhands: error: {line}"), err
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_bad_run_inputs_fail_before_training(tmp_path):
-    with pytest.raises(UserError, match="--anchor-class 42"):
+    with pytest.raises(UserError, match="anchor_class 42"):
         run_unlearning(with_knobs(TINY, anchor_class=42), tmp_path, progress=False)
     with pytest.raises(UserError, match="class:11.*classes present"):
         run_unlearning(with_knobs(TINY, forget="class:11"), tmp_path, progress=False)
@@ -414,7 +442,7 @@ def test_bad_run_inputs_fail_before_training(tmp_path):
 
 @pytest.mark.slow
 def test_stable_diffusion_concept_erasure_offline(tmp_path):
-    """`scissorhands unlearn --task diffusion --pretrained DIR` on a tiny offline pipeline."""
+    """`scissorhands unlearn --task text_to_image --pretrained DIR` on a tiny offline pipeline."""
     pytest.importorskip("transformers")
     from PIL import Image
 
@@ -423,7 +451,7 @@ def test_stable_diffusion_concept_erasure_offline(tmp_path):
     pipe_dir = build_tiny_sd(tmp_path)
     before = folder_digest(pipe_dir)
     out = tmp_path / "sd.json"
-    assert main(["unlearn", "--task", "diffusion", *SD_FLAGS.format(pipe=pipe_dir).split(), "--forget-prompt", "a cat",
+    assert main(["unlearn", "--task", "text_to_image", *SD_FLAGS.format(pipe=pipe_dir).split(), "--forget-prompt", "a cat",
                  "--forget-prompt", "a kitten", "--anchor-prompt", "a dog", "--cache-dir", str(tmp_path / "cache"),
                  "--json", str(out), "--no-progress"]) == 0
     report = json.loads(out.read_text())
@@ -447,6 +475,6 @@ def folder_digest(folder: Path) -> dict[str, str]:
 def test_stable_diffusion_bad_folder_is_a_user_error(tmp_path):
     pytest.importorskip("transformers")
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    cfg = DiffusionRunConfig(pretrained=str(tmp_path), forget_prompts=("a cat",), anchor_prompt="a dog", device="cpu")
+    cfg = TextToImageRunConfig(pretrained=str(tmp_path), forget_prompts=("a cat",), anchor_prompt="a dog", device="cpu")
     with pytest.raises(UserError, match="not a loadable StableDiffusionPipeline"):
         run_unlearning(cfg, tmp_path / "cache", progress=False)

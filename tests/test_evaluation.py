@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from orchestrator.data import ForgetSpec, make_dataset
-from orchestrator.evaluation import avg_gap, evaluate, mia_efficacy, mia_features
+from orchestrator.datasets import make_dataset
+from orchestrator.forget import ForgetSpec
+from orchestrator.tasks.classification.evaluation import avg_gap, evaluate, mia_efficacy, mia_features
 
 
 class LookupModel(nn.Module):
@@ -27,7 +28,7 @@ def make_data(y_train, y_test, written_train, written_test, forget):
         return x
 
     ds = make_dataset("constructed", images(written_train), y_train, images(written_test), y_test, natural=False)
-    from orchestrator.data import split_forget
+    from orchestrator.forget import split_forget
 
     return split_forget(ds, ForgetSpec.parse(forget), seed=0)
 

@@ -11,16 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from orchestrator.sweep.frontier import (
-    Objective,
-    _figures,
-    hypervolume,
-    off_window,
-    pareto_mask,
-    pareto_ranks,
-    plot_frontier,
-    view_window,
-)
+from orchestrator.sweep.pareto import front_order, hypervolume, pareto_mask, pareto_ranks
+from orchestrator.sweep.plots import as_objective, figures, frontier_chart, off_window, plot_frontier, view_window
+from orchestrator.sweep.spec import ObjectiveSpec
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -114,9 +107,17 @@ def test_hypervolume_known_values() -> None:
 
 
 def test_objective_validates_direction() -> None:
-    assert Objective("UA", "max").direction == "max"
-    with pytest.raises(ValueError, match=r"'maximise'.*\('min', 'max'\)"):
-        Objective("UA", "maximise")
+    assert as_objective(("UA", "max")).direction == "max"
+    assert as_objective(ObjectiveSpec(metric="UA", direction="min")).direction == "min"
+    with pytest.raises(ValueError, match=r"'min' or 'max'.*'maximise'"):
+        as_objective(("UA", "maximise"))
+
+
+def test_front_order_is_the_staircase_best_first() -> None:
+    pts = np.array([[3.0, 1.0], [1.0, 3.0], [2.0, 2.0], [2.5, 2.5], [np.nan, 0.0]])
+    np.testing.assert_array_equal(front_order(pts, ["min", "min"]), [1, 2, 0])
+    np.testing.assert_array_equal(front_order(pts, ["max", "min"]), [0])  # (3, 1) dominates every other
+    assert front_order(np.empty((0, 2)), ["min", "min"]).tolist() == []
 
 
 def _trials(n: int = 40, seed: int = 0) -> pd.DataFrame:
@@ -137,7 +138,7 @@ def _trials(n: int = 40, seed: int = 0) -> pd.DataFrame:
 @pytest.mark.parametrize("markers", [None, {"original": {"avg_gap": 8.0, "rte": 0.0, "ta": 94.0},
                                             "retrain": {"avg_gap": 0.0, "rte": 200.0, "ta": 93.5}}])
 @pytest.mark.parametrize("objectives", [
-    [Objective("avg_gap", "min"), Objective("rte", "min")],
+    [ObjectiveSpec(metric="avg_gap", direction="min"), ObjectiveSpec(metric="rte", direction="min")],
     [("avg_gap", "min"), ("rte", "min"), ("ta", "max")],
 ])
 def test_plot_frontier_writes_png(tmp_path, objectives, markers) -> None:
@@ -157,7 +158,7 @@ def test_plot_frontier_rejects_unknown_metric(tmp_path) -> None:
 
 
 def test_failed_and_pruned_trials_are_left_out_of_the_plot() -> None:
-    from orchestrator.sweep.frontier import valid_trials
+    from orchestrator.sweep.plots import valid_trials
 
     df = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "forget_gap": [0.1, 1e6, 0.3, 5.0],
                        "retain_gap": [0.2, 1e6, 0.1, 5.0], "status": ["ok", "pruned", "ok", "failed"]})
@@ -196,7 +197,7 @@ def test_png_zooms_on_front_and_references_and_clips_the_outlier() -> None:
     from matplotlib.collections import PathCollection
 
     df, markers = _noisy_trials()
-    png, html = _figures(df, [Objective("avg_gap"), Objective("rte")], markers)
+    png, html = figures(frontier_chart(df, [("avg_gap", "min"), ("rte", "min")], markers))
     ax = png.axes[0]
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     # Original (6, 5 ± 1), retrain (0, 50 ± 4) and the front (1..4, 10..30) are inside ...
@@ -225,7 +226,7 @@ def test_png_zooms_on_front_and_references_and_clips_the_outlier() -> None:
 def test_every_pair_panel_gets_its_own_window() -> None:
     df, markers = _noisy_trials()
     df["ta"] = [90.0, 91.0, 92.0, 89.0, 50.0, 10.0]  # t4, t5 far below the front in ta
-    png, html = _figures(df, [Objective("avg_gap"), Objective("rte"), Objective("ta", "max")], markers)
+    png, html = figures(frontier_chart(df, [("avg_gap", "min"), ("rte", "min"), ("ta", "max")], markers))
     titles = [ax.get_title(loc="right") for ax in png.axes if ax.get_visible()]
     # avg_gap-rte: t4; avg_gap-ta and rte-ta: t4 and t5 (ta), the references have no ta.
     assert titles == ["1 trials outside the view"] + ["2 trials outside the view"] * 2

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 
 import kernels
-from orchestrator.data import ForgetSpec, load_mnist5k, split_forget
+from orchestrator.datasets.mnist5k import load_mnist5k
+from orchestrator.forget import ForgetSpec, split_forget
 from orchestrator.methods.scissorhands import ScissorhandsConfig, sensitivity, trim
 from orchestrator.methods.shared import init_specs, matching
 from orchestrator.models import build_model

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.references import get_reference
-from orchestrator.tasks.classification import prepare
+from orchestrator.tasks.classification.references import get_reference
+from orchestrator.tasks.classification.task import prepare
 from tests.measured import tiny_config
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from orchestrator.stats import aggregate, paired_improvement, summarize
 from orchestrator.sweep.results import ResultsTable
-from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep.spec import parse_spec
 from orchestrator.sweep.callback import refresh_pareto
 
 
@@ -39,7 +39,7 @@ def test_aggregate_columns_for_every_metric_and_the_paired_comparison():
     per_seed = [{"avg_gap": 1.0, "avg_gap_original": 3.0, "UA": 10.0},
                 {"avg_gap": 2.0, "avg_gap_original": 3.5, "UA": 12.0},
                 {"avg_gap": 1.5, "avg_gap_original": 3.2, "UA": 11.0}]
-    out = aggregate(per_seed)
+    out = aggregate(per_seed, paired=("avg_gap", "avg_gap_original"))
     for m in ("avg_gap", "avg_gap_original", "UA"):
         assert {m, f"{m}_std", f"{m}_se", f"{m}_n", f"{m}_ci95"} <= set(out) and out[f"{m}_n"] == 3
     assert out["UA"] == 11.0 and out["UA_std"] == 1.0
@@ -48,7 +48,7 @@ def test_aggregate_columns_for_every_metric_and_the_paired_comparison():
 
 
 def test_trials_whose_intervals_overlap_a_frontier_member_are_tied(tmp_path):
-    spec = SweepSpec.model_validate({
+    spec = parse_spec({
         "name": "t", "forget": "class:3", "trials": 4,
         "search": {"lr": {"type": "uniform", "low": 0.001, "high": 0.01}},
         "objectives": [{"metric": "gap_UA", "direction": "min"}, {"metric": "RA", "direction": "max"}]})

@@ -118,9 +118,9 @@ def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, ca
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{storage / 'mlflow.db'}")
     model = mlflow.pytorch.load_model(uri)
     best = ranked.iloc[0]
-    from orchestrator.evaluation import top1_accuracy
+    from orchestrator.tasks.classification.evaluation import top1_accuracy
     from orchestrator.sweep.spec import load_spec
-    from orchestrator.tasks.classification import prepare
+    from orchestrator.tasks.classification.task import prepare
     from orchestrator.training import predict_proba
 
     spec = load_spec(tmp_path / "tiny.yaml")
@@ -274,7 +274,7 @@ BAD_SPECS = [
     ("name: x\nforget: class:3\nfixed: {trim_ratio: 2.0}\nsearch: {lr: {type: uniform, low: 0.01, high: 0.1}}\n"
      "objectives: [{metric: RA, direction: sideways}]\ntrials: 2\n", "objectives.0.direction"),
     ("name: x\nforget: class:3\nfixed: {trim_ratio: 2.0}\nsearch: {lr: {type: uniform, low: 0.01, high: 0.1}}\n"
-     "objectives: [{metric: RA, direction: max}]\ntrials: 2\n", "--trim-ratio 2.0: must be in (0, 1)"),
+     "objectives: [{metric: RA, direction: max}]\ntrials: 2\n", "bad.yaml: trim_ratio 2.0: must be in (0, 1)"),
     ("name: x\nmodel: vgg\nforget: class:3\nsearch: {lr: {type: uniform, low: 0.01, high: 0.1}}\n"
      "objectives: [{metric: RA, direction: max}]\ntrials: 0\n", "trials: Input should be greater than or equal to 1"),
     ("name: x\nforget: [unclosed\n", "not valid YAML"),
@@ -344,3 +344,57 @@ def test_four_trial_diffusion_sweep(tmp_path, no_ray):
     assert len(parents) == 1 and len(children) == 4
     grids = {a.path for a in client.list_artifacts(children[0].info.run_id, "samples")}
     assert any(p.endswith("grid-unlearned.png") for p in grids)
+
+
+TINY_TEXT_TO_IMAGE = """
+name: tinyt2i
+task: text_to_image
+pretrained: {pipe}
+forget_prompts: [a cat, a kitten]
+anchor_prompt: a dog
+fixed: {{trim_modules: [attn2], score_batches: 2, epochs: 1, steps_per_epoch: 5, ddim_steps: 4, samples_per_prompt: 4,
+        device: cpu}}
+search:
+  trim_ratio: {{type: loguniform, low: 0.001, high: 0.05}}
+  lr: {{type: loguniform, low: 1.0e-4, high: 1.0e-3}}
+objectives:
+  - {{metric: gap_ratio, direction: min}}
+  - {{metric: retain_drift, direction: min}}
+trials: 2
+seeds: [0]
+resources: {{cpu: 1}}
+"""
+
+
+@pytest.mark.slow
+def test_two_trial_text_to_image_sweep(tmp_path, no_ray):
+    """A sweep over the text-to-image task runs on its own metrics (no retrain, no classifier)."""
+    pytest.importorskip("transformers")
+    from tests.measured import build_tiny_sd
+
+    space = tmp_path / "tinyt2i.yaml"
+    space.write_text(TINY_TEXT_TO_IMAGE.format(pipe=build_tiny_sd(tmp_path)))
+    storage = tmp_path / "runs"
+    assert main(["sweep", str(space), "--storage", str(storage), "--no-progress"]) == 0
+    df = ResultsTable(storage / "tinyt2i" / "results.parquet").read()
+    assert len(df) == 2 and (df["status"] == "ok").all()
+    assert {"gap_ratio", "retain_drift", "forget_anchor_gap", "RTE_s"} <= set(df.columns)
+    assert not {"avg_gap", "forget_acc", "UA"} & set(df.columns)  # no retrain, no classifier: neither's metrics
+    assert np.isfinite(df[["gap_ratio", "retain_drift"]].to_numpy(dtype=float)).all()
+    client, parents, children = child_runs(storage, "tinyt2i")
+    assert len(parents) == 1 and len(children) == 2
+    grids = {a.path for a in client.list_artifacts(children[0].info.run_id, "samples")}
+    assert any(p.endswith("grid-unlearned.png") for p in grids)
+
+
+def test_a_search_space_names_keys_its_task_does_not_take(tmp_path):
+    from orchestrator.errors import UserError
+    from orchestrator.sweep.spec import load_spec
+
+    space = tmp_path / "t2i.yaml"
+    space.write_text(TINY_TEXT_TO_IMAGE.format(pipe=tmp_path) + "forget: class:3\n")
+    with pytest.raises(UserError, match=r"forget: does not apply to task text_to_image \(a key of classification, diffusion\)"):
+        load_spec(space)
+    space.write_text(TINY_DIFFUSION.replace("forget: class:3\n", ""))
+    with pytest.raises(UserError, match="forget: Field required"):
+        load_spec(space)

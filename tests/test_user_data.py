@@ -5,7 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from orchestrator.data import ForgetSpec, load_dataset, load_mnist5k, split_forget
+from orchestrator.datasets import load_dataset
+from orchestrator.datasets.mnist5k import load_mnist5k
+from orchestrator.forget import ForgetSpec, split_forget
 from orchestrator.errors import UserError
 from tests.user_files import digits, png, write_imagefolder, write_parquet
 

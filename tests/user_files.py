@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from orchestrator.data import load_mnist5k
+from orchestrator.datasets.mnist5k import load_mnist5k
 
 # Not one of the built-ins: a small CNN with LayerNorm and a head named "head".
 MODEL_MODULE = '''

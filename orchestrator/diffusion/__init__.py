@@ -1,3 +1,4 @@
-"""Diffusion models: the generator, its references and evaluation, and Stable Diffusion
-concept erasure. The task itself is ``orchestrator.tasks.diffusion``; the method is
+"""What the diffusion tasks and method share: the UNet and its module presets, DDPM / DDIM
+sampling, pixel ranges and grids, sampling settings. The tasks are
+``orchestrator.tasks.class_erasure`` and ``orchestrator.tasks.text_to_image``; the method is
 ``orchestrator.methods.scissorhands_diffusion``."""

@@ -15,7 +15,7 @@ from torch import nn
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
-    from orchestrator.diffusion.config import GeneratorRecipe
+    from orchestrator.tasks.class_erasure.config import GeneratorRecipe
 
 TRIM_PRESETS = ("attn1_up", "attn2", "attn", "all")
 

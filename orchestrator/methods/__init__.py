@@ -41,7 +41,7 @@ class MethodResult:
 
 class Method(ABC):
     name: ClassVar[str]
-    task: ClassVar[str]  # the task whose data ``run`` takes: classification | diffusion
+    tasks: ClassVar[tuple[str, ...]]  # the tasks whose data ``run`` takes
     config_class: ClassVar[type]
     presets: ClassVar[tuple[str, ...]] = ("auto",)  # "auto" comes first and always exists
 
@@ -115,14 +115,21 @@ def get_method(name: str) -> Method:
 
 
 def list_methods(task: str | None = None) -> list[str]:
-    return [n for n in REGISTRY.names() if task is None or get_method(n).task == task]
+    return [n for n in REGISTRY.names() if task is None or task in get_method(n).tasks]
+
+
+def method_for(name: str, task: str) -> Method:
+    """The named method, refused in one line when it does not serve ``task``."""
+    m = get_method(name)
+    if task not in m.tasks:
+        raise UserError(f"--method {name}: a {' / '.join(m.tasks)} method; {task} methods: "
+                        f"{', '.join(list_methods(task))}")
+    return m
 
 
 def method_knobs(method: str, knobs: Any, task: str) -> Any:
     """A run config's knobs as its method's config: defaults for None, parsed from a dict."""
-    m = get_method(method)
-    if m.task != task:
-        raise UserError(f"--method {method}: a {m.task} method; {task} methods: {', '.join(list_methods(task))}")
+    m = method_for(method, task)
     if knobs is None or isinstance(knobs, dict):
         return m.from_dict(knobs or {})
     if not isinstance(knobs, m.config_class):

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-from orchestrator.errors import need
+from orchestrator.errors import need_field
 from orchestrator.methods.shared import OneSetFineTuning, SGDKnobs
 
 
@@ -23,8 +22,9 @@ class L1SparseConfig(SGDKnobs):
 
     def validate(self) -> None:
         super().validate()
-        need(self.alpha >= 0, f"--alpha {self.alpha}: must be >= 0")
-        need(0 <= self.no_l1_epochs <= self.epochs, f"--no-l1-epochs {self.no_l1_epochs}: must be in [0, --epochs]")
+        need_field(self.alpha >= 0, self, "alpha", "must be >= 0")
+        need_field(0 <= self.no_l1_epochs <= self.epochs, self, "no_l1_epochs",
+                   f"must be in [0, {self.epochs}] (at most epochs)")
 
 
 class L1Sparse(OneSetFineTuning):

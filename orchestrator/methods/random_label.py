@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from orchestrator.data import UnlearnData
+from orchestrator.forget import UnlearnData
 from orchestrator.methods import Method
 from orchestrator.methods.shared import SGDKnobs, fine_tune
 
@@ -29,7 +29,7 @@ def relabelled(data: UnlearnData, generator: torch.Generator) -> tuple[torch.Ten
 
 class RandomLabel(Method):
     name = "random_label"
-    task = "classification"
+    tasks = ("classification",)
     config_class = RandomLabelConfig
 
     def unlearn(self, model, data, cfg, generator, *, on_epoch, backend):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 import kernels
-from orchestrator.errors import need
+from orchestrator.errors import need_field
 from orchestrator.methods import Method
 from orchestrator.methods.random_label import relabelled
 from orchestrator.methods.shared import SGDKnobs, cross_entropy, fine_tune
@@ -29,7 +29,7 @@ class SalUnConfig(SGDKnobs):
 
     def validate(self) -> None:
         super().validate()
-        need(0 < self.mask_ratio <= 1, f"--mask-ratio {self.mask_ratio}: must be in (0, 1]")
+        need_field(0 < self.mask_ratio <= 1, self, "mask_ratio", "must be in (0, 1]")
 
 
 def saliency_masks(model, data, cfg: SalUnConfig, generator: torch.Generator, backend: str | None):
@@ -49,7 +49,7 @@ def saliency_masks(model, data, cfg: SalUnConfig, generator: torch.Generator, ba
 
 class SalUn(Method):
     name = "salun"
-    task = "classification"
+    tasks = ("classification",)
     config_class = SalUnConfig
 
     def unlearn(self, model, data, cfg, generator, *, on_epoch, backend):

@@ -11,7 +11,6 @@ All tensor math goes through ``kernels``.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from itertools import takewhile, zip_longest
 from typing import Callable
@@ -21,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
-from orchestrator.data import UnlearnData
-from orchestrator.errors import UserError, need, need_positive_ints
+from orchestrator.errors import UserError, need_field, need_positive_ints, need_sgd
+from orchestrator.forget import UnlearnData
 from orchestrator.methods import Method
 from orchestrator.methods.shared import GradientProjection, init_specs, matching, repair_loop
 from orchestrator.models import late_layers
@@ -34,7 +33,9 @@ BN_MODES = ("train", "eval")
 
 @dataclass(frozen=True)
 class ScissorhandsConfig:
-    """Every constant of the method (scissorhands.md), reference values where not measured here."""
+    """Every constant of the method (Wu & Harandi, "Scissorhands: Scrub Data Influence via Connection
+    Sensitivity in Networks", ECCV 2024, and its public reference code); the reference code's
+    values where not measured here."""
 
     trim_ratio: float = 0.03
     projection_strength: float = 0.5  # GEM margin: the smallest coefficient a firing projection applies
@@ -59,30 +60,26 @@ class ScissorhandsConfig:
     memory_bn_mode: str = "eval"  # eval | train
 
     def validate(self) -> None:
-        need(0.0 < self.trim_ratio < 1.0, f"--trim-ratio {self.trim_ratio}: must be in (0, 1)")
-        need(self.projection_strength >= 0, f"--projection-strength {self.projection_strength}: must be >= 0")
-        need(self.forget_weight >= 0, f"--forget-weight {self.forget_weight}: must be >= 0")
-        need(self.epochs >= 0, f"--epochs {self.epochs}: must be >= 0")
-        need(self.lr > 0 and math.isfinite(self.lr), f"--lr {self.lr}: must be a positive number")
-        need(0 <= self.momentum < 1, f"--momentum {self.momentum}: must be in [0, 1)")
-        need(self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0")
+        need_field(0.0 < self.trim_ratio < 1.0, self, "trim_ratio", "must be in (0, 1)")
+        need_field(self.projection_strength >= 0, self, "projection_strength", "must be >= 0")
+        need_field(self.forget_weight >= 0, self, "forget_weight", "must be >= 0")
+        need_field(self.epochs >= 0, self, "epochs", "must be >= 0")
+        need_sgd(self)
         need_positive_ints(self, ("batch_size", "score_batches", "score_batch_size", "memory_batches", "project_every"))
-        need(
-            self.projection_scope in ("global", "per_layer"),
-            f"--projection-scope {self.projection_scope!r}: allowed global, per_layer",
-        )
-        need(self.projection_eps > 0, f"--projection-eps {self.projection_eps}: must be > 0")
-        need(self.init in INITS, f"--init {self.init!r}: allowed {', '.join(INITS)}")
+        need_field(self.projection_scope in ("global", "per_layer"), self, "projection_scope",
+                   "allowed global, per_layer")
+        need_field(self.projection_eps > 0, self, "projection_eps", "must be > 0")
+        need_field(self.init in INITS, self, "init", f"allowed {', '.join(INITS)}")
         for name in ("score_bn_mode", "memory_bn_mode"):
-            value = getattr(self, name)
-            need(value in BN_MODES, f"--{name.replace('_', '-')} {value!r}: allowed {', '.join(BN_MODES)}")
+            need_field(getattr(self, name) in BN_MODES, self, name, f"allowed {', '.join(BN_MODES)}")
 
 
 # The public reference implementation's values (CIFAR-10, ResNet-18, random 10%).
 REFERENCE = ScissorhandsConfig()
 
 # CPU defaults for small models (ResNet-8/20), measured on mnist5k over 3 seeds and validated
-# on 5 more (README, "How the defaults were chosen"), keyed by (model size, forget kind).
+# on 5 more (README, "Faithful to the reference code, and how the defaults were chosen"),
+# keyed by (model size, forget kind).
 # Large models (ResNet-18, the paper's CIFAR-10 setting) keep the reference values: that is
 # where they were tuned, and it cannot be re-measured on a CPU.
 _SMALL_CLASS = replace(REFERENCE, trim_ratio=0.01, projection_strength=0.0, epochs=5)
@@ -160,7 +157,7 @@ def trim(
 
 class Scissorhands(Method):
     name = "scissorhands"
-    task = "classification"
+    tasks = ("classification",)
     config_class = ScissorhandsConfig
     presets = ("auto", "reference")
 

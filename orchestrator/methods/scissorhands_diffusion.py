@@ -1,4 +1,4 @@
-"""Scissorhands for diffusion models: class / concept erasure (scissorhands.md, "Diffusion variant").
+"""Scissorhands for diffusion models: class / concept erasure (Wu & Harandi, ECCV 2024, the SD experiments).
 
 1. score: G = sum over ``score_batches`` forget batches of |dL_f/dtheta|, with L_f the
    noise-prediction MSE on forget samples under the forget condition; s = |theta * G|.
@@ -33,7 +33,7 @@ from torch import nn
 import kernels
 from orchestrator.diffusion.sampling import draw_noise, noise_loss, q_sample
 from orchestrator.diffusion.unet import TRIM_PRESETS, select_parameters
-from orchestrator.errors import UserError, need, need_positive_ints
+from orchestrator.errors import FieldError, need_field, need_positive_ints
 from orchestrator.methods import Method
 from orchestrator.methods.shared import GradientProjection, init_specs, repair_loop
 
@@ -46,7 +46,7 @@ INITS = ("kaiming_uniform", "zeros")
 
 @dataclass(frozen=True)
 class ScissorhandsDiffusionConfig:
-    """The method's knobs; defaults measured on mnist5k class:3 (README, "Diffusion")."""
+    """The method's knobs; defaults measured on mnist5k class:3 (README, "`scissorhands unlearn --task diffusion`")."""
 
     # stage 1: scoring
     score_batches: int = 10
@@ -95,33 +95,33 @@ class ScissorhandsDiffusionConfig:
     def validate(self) -> None:
         need_positive_ints(self, ("score_batches", "score_batch_size", "steps_per_epoch", "batch_size",
                                   "project_every", "memory_batches"))
-        need(self.epochs >= 0, f"--epochs {self.epochs}: must be >= 0 (0: trim without repair)")
-        need(0.0 < self.trim_ratio < 1.0, f"--trim-ratio {self.trim_ratio}: must be in (0, 1)")
-        need(len(self.trim_modules) > 0, "--trim-modules: give at least one of "
-              f"{', '.join(TRIM_PRESETS)} or a regex on parameter names")
+        need_field(self.epochs >= 0, self, "epochs", "must be >= 0 (0: trim without repair)")
+        need_field(0.0 < self.trim_ratio < 1.0, self, "trim_ratio", "must be in (0, 1)")
+        need_field(len(self.trim_modules) > 0, self, "trim_modules",
+                   f"give at least one of {', '.join(TRIM_PRESETS)} or a regex on parameter names")
         for item in self.trim_modules:
             if item in TRIM_PRESETS:
                 continue
             try:
                 re.compile(item)
             except re.error as exc:
-                raise UserError(f"--trim-modules {item!r}: not a preset ({', '.join(TRIM_PRESETS)}) "
-                                f"and not a valid regex ({exc})") from None
-        need(self.threshold_scope in THRESHOLD_SCOPES,
-              f"--threshold-scope {self.threshold_scope!r}: allowed {', '.join(THRESHOLD_SCOPES)}")
-        need(self.init in INITS, f"--init {self.init!r}: allowed {', '.join(INITS)}")
-        need(self.repair in REPAIRS, f"--repair {self.repair!r}: allowed {', '.join(REPAIRS)}")
-        need(self.forget_weight >= 0 and math.isfinite(self.forget_weight),
-              f"--forget-weight {self.forget_weight}: must be >= 0")
-        need(self.anchor_class is None or self.anchor_class >= 0,
-              f"--anchor-class {self.anchor_class}: must be a class index >= 0 (or unset: random retained class)")
-        need(self.repair_modules in REPAIR_MODULES,
-              f"--repair-modules {self.repair_modules!r}: allowed {', '.join(REPAIR_MODULES)}")
-        need(self.lr > 0 and math.isfinite(self.lr), f"--lr {self.lr}: must be a positive number")
-        need(self.projection_strength >= 0, f"--projection-strength {self.projection_strength}: must be >= 0")
-        need(self.projection_eps > 0, f"--projection-eps {self.projection_eps}: must be > 0")
-        need(self.projection_scope in PROJECTION_SCOPES,
-              f"--projection-scope {self.projection_scope!r}: allowed {', '.join(PROJECTION_SCOPES)}")
+                raise FieldError("trim_modules", item, f"not a preset ({', '.join(TRIM_PRESETS)}) "
+                                 f"and not a valid regex ({exc})") from None
+        need_field(self.threshold_scope in THRESHOLD_SCOPES, self, "threshold_scope",
+                   f"allowed {', '.join(THRESHOLD_SCOPES)}")
+        need_field(self.init in INITS, self, "init", f"allowed {', '.join(INITS)}")
+        need_field(self.repair in REPAIRS, self, "repair", f"allowed {', '.join(REPAIRS)}")
+        need_field(self.forget_weight >= 0 and math.isfinite(self.forget_weight), self, "forget_weight",
+                   "must be >= 0")
+        need_field(self.anchor_class is None or self.anchor_class >= 0, self, "anchor_class",
+                   "must be a class index >= 0 (or unset: random retained class)")
+        need_field(self.repair_modules in REPAIR_MODULES, self, "repair_modules",
+                   f"allowed {', '.join(REPAIR_MODULES)}")
+        need_field(self.lr > 0 and math.isfinite(self.lr), self, "lr", "must be a positive number")
+        need_field(self.projection_strength >= 0, self, "projection_strength", "must be >= 0")
+        need_field(self.projection_eps > 0, self, "projection_eps", "must be > 0")
+        need_field(self.projection_scope in PROJECTION_SCOPES, self, "projection_scope",
+                   f"allowed {', '.join(PROJECTION_SCOPES)}")
 
 
 class DiffusionData(Protocol):
@@ -149,7 +149,7 @@ def _forget_grads(unet, task: DiffusionData, batch, params, generator) -> list[t
 
 class ScissorhandsDiffusion(Method):
     name = "scissorhands_diffusion"
-    task = "diffusion"
+    tasks = ("diffusion", "text_to_image")
     config_class = ScissorhandsDiffusionConfig
 
     def unlearn(self, model: nn.Module, data: DiffusionData, cfg: ScissorhandsDiffusionConfig,
@@ -166,8 +166,8 @@ class ScissorhandsDiffusion(Method):
         inits_all = dict(zip(named, init_specs(unet, set(trim_names), cfg.init)))
         trimmable = [n for n in trim_names if inits_all[n] is not None]
         if not trimmable:
-            raise UserError(f"--trim-modules {' '.join(cfg.trim_modules)}: selects no conv / linear weight to trim "
-                            f"(selected: {', '.join(trim_names[:6])}...)")
+            raise FieldError("trim_modules", " ".join(cfg.trim_modules), "selects no conv / linear weight to trim "
+                             f"(selected: {', '.join(trim_names[:6])}...)")
         scored_names = trim_names if cfg.threshold_scope == "trimmed" else list(named)
         scored = [named[n] for n in scored_names]
         forget_iter = task.forget_batches(cfg.score_batch_size, generator)

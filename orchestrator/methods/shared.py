@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
-from orchestrator.errors import UserError, need, need_positive_ints
+from orchestrator.errors import UserError, need_field, need_positive_ints, need_sgd
 from orchestrator.methods import Method
 from orchestrator.training import augment, batches, check_finite
 
@@ -148,10 +148,8 @@ class SGDKnobs:
     batch_size: int = 256
 
     def validate(self) -> None:
-        need(self.epochs >= 0, f"--epochs {self.epochs}: must be >= 0")
-        need(self.lr > 0 and math.isfinite(self.lr), f"--lr {self.lr}: must be a positive number")
-        need(0 <= self.momentum < 1, f"--momentum {self.momentum}: must be in [0, 1)")
-        need(self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0")
+        need_field(self.epochs >= 0, self, "epochs", "must be >= 0")
+        need_sgd(self)
         need_positive_ints(self, ("batch_size",))
 
 
@@ -195,7 +193,7 @@ class OneSetFineTuning(Method):
     """SGD on the cross-entropy of one set: FT (D_r), GA (D_f, ascending), l1-sparse (D_r plus
     the ``penalty``)."""
 
-    task = "classification"
+    tasks = ("classification",)
     on: ClassVar[str] = "retain"  # retain | forget
     sign: ClassVar[float] = 1.0
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 import kernels
-from orchestrator.errors import need, need_positive_ints
+from orchestrator.errors import need_field, need_positive_ints
 from orchestrator.methods import Method
 from orchestrator.methods.shared import cross_entropy
 from orchestrator.training import batches
@@ -27,8 +27,8 @@ class SSDConfig:
     batch_size: int = 256
 
     def validate(self) -> None:
-        need(self.alpha > 0, f"--alpha {self.alpha}: must be > 0")
-        need(self.dampening > 0, f"--dampening {self.dampening}: must be > 0")
+        need_field(self.alpha > 0, self, "alpha", "must be > 0")
+        need_field(self.dampening > 0, self, "dampening", "must be > 0")
         need_positive_ints(self, ("batch_size",))
 
 
@@ -47,7 +47,7 @@ def importance(model, x, y, cfg: SSDConfig, natural: bool, generator: torch.Gene
 
 class SSD(Method):
     name = "ssd"
-    task = "classification"
+    tasks = ("classification",)
     config_class = SSDConfig
 
     def unlearn(self, model, data, cfg, generator, *, on_epoch, backend):

@@ -9,7 +9,7 @@ import numpy as np
 from ray.tune import Callback
 
 from orchestrator.stats import PAIRED_KEYS, STAT_SUFFIXES
-from orchestrator.sweep.frontier import pareto_mask
+from orchestrator.sweep.pareto import pareto_mask
 from orchestrator.sweep.results import ResultsTable
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.store import SweepStore

@@ -7,28 +7,48 @@ from pathlib import Path
 import pandas as pd
 
 from orchestrator.errors import UserError
+from orchestrator.sweep.paths import SweepPaths
 from orchestrator.sweep.results import ResultsTable
 
-SHOWN_METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "RTE_s", "improvement", "improves_on_original", "tied")
+# Beside the task's table metrics and time: the paired comparison with doing nothing, the tie flag.
+SHOWN_FLAGS = ("improvement", "improves_on_original", "tied")
+
+
+def stored_spec(storage: Path, name: str) -> dict:
+    """A stored sweep's resolved spec (a mapping)."""
+    paths = SweepPaths(storage, name)
+    if not paths.spec_resolved.is_file():
+        known = SweepPaths.sweeps(storage)
+        raise UserError(f"no sweep named {name!r} in {storage}; sweeps there: {', '.join(known) or 'none'}")
+    return json.loads(paths.spec_resolved.read_text())
 
 
 def load_results(storage: Path, name: str) -> tuple[pd.DataFrame, dict]:
-    root = Path(storage) / name
-    spec_file = root / "spec.resolved.json"
-    if not spec_file.is_file():
-        known = sorted(p.parent.name for p in Path(storage).glob("*/spec.resolved.json"))
-        raise UserError(f"no sweep named {name!r} in {storage}; sweeps there: {', '.join(known) or 'none'}")
-    return ResultsTable(root / "results.parquet").read(), json.loads(spec_file.read_text())
+    spec = stored_spec(storage, name)
+    return ResultsTable(SweepPaths(storage, name).results).read(), spec
+
+
+def sweep_task(storage: Path, name: str):
+    """The task (``orchestrator.tasks.Task``) of a stored sweep."""
+    from orchestrator.tasks import get_task
+
+    return get_task(stored_spec(storage, name)["task"])
+
+
+def shown_metrics(task) -> tuple[str, ...]:
+    """The columns a frontier table shows beside the objectives (where the trials have them)."""
+    return (*task.table_metrics, task.time_metric, *SHOWN_FLAGS)
 
 
 def format_frontier(storage: Path, name: str, show_all: bool = False) -> str:
     df, spec = load_results(storage, name)
     if df.empty:
         return f"sweep {name}: no finished trials yet"
+    shown = shown_metrics(sweep_task(storage, name))
     objectives = [(o["metric"], o["direction"]) for o in spec["objectives"]]
     knobs = [c for c in df.columns if c.startswith("config.")]  # a comparison: every method's knobs
     rows = df if show_all else df[df.get("pareto", False).fillna(False).astype(bool)]
-    metric_cols = list(dict.fromkeys([m for m, _ in objectives] + [m for m in SHOWN_METRICS if m in df]))
+    metric_cols = list(dict.fromkeys([m for m, _ in objectives] + [m for m in shown if m in df]))
     cols = ["trial_id", *(["method"] if spec.get("methods") else []), "status", *knobs, *metric_cols]
     if show_all and "pareto" in df:
         cols.append("pareto")

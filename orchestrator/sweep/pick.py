@@ -8,13 +8,27 @@ import re
 from pathlib import Path
 
 from orchestrator.errors import DivergenceError, UserError
-from orchestrator.stats import Summary, interval_text, paired_improvement, summarize
+from orchestrator.stats import Summary, headline_pair, interval_text, paired_improvement, summarize
 from orchestrator.sweep.frontier_table import load_results
-from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep.paths import SweepPaths
+from orchestrator.sweep.spec import parse_spec
 from orchestrator.sweep.tracking import default_tracking_uri
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
-SIDE_BY_SIDE = ("UA", "RA", "TA", "MIA", "avg_gap", "avg_gap_original")
+
+
+def default_rule(task) -> str:
+    """``min-<headline>``: the pick a task's verdict is about; a task without one needs ``--rule``."""
+    if task.headline_metric is None:
+        raise UserError(f"--rule: task {task.name} has no headline metric to pick by; give min-METRIC or "
+                        f"max-METRIC with one of {', '.join(task.metrics)}")
+    return f"min-{task.headline_metric}"
+
+
+def side_by_side_metrics(task) -> tuple[str, ...]:
+    """The metrics pick's search-vs-held-out table shows: the task's table metrics and the
+    untouched original's headline."""
+    return tuple(dict.fromkeys([*task.table_metrics, *filter(None, [task.headline_baseline])]))
 
 
 def parse_rule(rule: str) -> tuple[str, str]:
@@ -66,11 +80,19 @@ def held_out_seeds(search_seeds: list[int], count: int) -> list[int]:
 
 def validate(spec, searched: dict, seeds: list[int], cache_dir: Path, progress: bool) -> dict:
     """Re-run the configuration on ``seeds`` (new forget sets, new references, new unlearning
-    randomness). A seed that diverges counts as a failure of the pick."""
+    randomness). A seed that diverges counts as a failure of the pick. The verdict is the
+    paired improvement of the task's headline metric over the original's: a task without one
+    cannot be validated (refused before anything runs)."""
     from tqdm.auto import tqdm
 
     from orchestrator.sweep.seed_runs import run_seed
 
+    task = spec.task_contract
+    pair = headline_pair(task)
+    if pair is None:
+        raise UserError(f"--validate-seeds {len(seeds)}: task {task.name} has no headline metric to compare a pick "
+                        "with doing nothing on held-out seeds; pass --validate-seeds 0 to register it unvalidated")
+    metric, baseline = pair
     per_seed, diverged, ran = [], [], []
     for seed in tqdm(seeds, desc="validate on held-out seeds", unit="seed", disable=not progress):
         try:
@@ -82,11 +104,13 @@ def validate(spec, searched: dict, seeds: list[int], cache_dir: Path, progress: 
     out: dict = {"seeds": seeds, "diverged": diverged, "per_seed": [{"seed": s, **m} for s, m in zip(ran, per_seed)]}
     keys = per_seed[0] if per_seed else {}
     out["metrics"] = {k: summarize(m[k] for m in per_seed).as_dict() for k in keys}
-    for key in ("avg_gap", "avg_gap_original"):
+    for key in pair:
         if key in out["metrics"]:
             out[key] = _interval(out["metrics"][key])
-    if not per_seed or "avg_gap" in keys:  # classification (every seed diverged: nothing to compare)
-        s, better = paired_improvement([m["avg_gap_original"] for m in per_seed], [m["avg_gap"] for m in per_seed])
+    # Without a retrain model no seed reports the headline: nothing to compare (every seed
+    # diverged: a failed pick, compared over no seeds).
+    if not per_seed or (metric in keys and baseline in keys):
+        s, better = paired_improvement([m[baseline] for m in per_seed], [m[metric] for m in per_seed])
         out["improvement"] = _interval(s.as_dict())
         out["improves_on_original"] = better and not diverged
     return out
@@ -103,10 +127,11 @@ def _search_summary(row, key: str) -> Summary:
                    mean - half, mean + half)
 
 
-def side_by_side(row, validation: dict | None) -> str:
-    """Search vs validated means with 95% intervals, one metric a line."""
+def side_by_side(row, validation: dict | None, metrics: tuple[str, ...]) -> str:
+    """Search vs validated means with 95% intervals, one metric a line (those of ``metrics``
+    the trial has), then the paired improvement."""
     lines = [f"{'metric':<18} {'search seeds':<28} {'held-out seeds':<28}"]
-    for key in SIDE_BY_SIDE:
+    for key in metrics:
         if key not in row:
             continue
         held = validation["metrics"].get(key) if validation else None
@@ -120,10 +145,11 @@ def side_by_side(row, validation: dict | None) -> str:
     return "\n".join(lines)
 
 
-def pick(storage: Path, name: str, rule: str, where: list[str], *, alias: str = "champion",
+def pick(storage: Path, name: str, rule: str | None, where: list[str], *, alias: str = "champion",
          model_name: str | None = None, tracking_uri: str | None = None, frontier_only: bool = False,
          validate_seeds: int = 5, progress: bool = True, method: str | None = None) -> tuple[dict, str]:
-    """Returns the pick (the ``--json`` contract) and a search-vs-validation table."""
+    """Returns the pick (the ``--json`` contract) and a search-vs-validation table. ``rule``
+    None: the task's :func:`default_rule`."""
     from mlflow.tracking import MlflowClient
 
     if validate_seeds < 0:
@@ -135,14 +161,16 @@ def pick(storage: Path, name: str, rule: str, where: list[str], *, alias: str = 
             raise UserError(f"--method {method!r}: no trials of it in sweep {name!r}; methods there: "
                             f"{', '.join(methods) or 'none'}")
         df = df[df["method"] == method]
+    specs = {s.method_contract.name: s for s in parse_spec(spec_dict).per_method()}
+    task = next(iter(specs.values())).task_contract  # a comparison's methods share one task
+    rule = default_rule(task) if rule is None else rule
     best, col = choose(df, rule, where, frontier_only)
-    specs = {s.method_contract.name: s for s in SweepSpec.model_validate(spec_dict).per_method()}
     spec = specs[best["method"]] if "method" in best.index and best["method"] in specs else next(iter(specs.values()))
     searched = searched_config(spec, best)
     validation = None
     if validate_seeds:
         seeds = held_out_seeds(spec.seeds, validate_seeds)
-        validation = validate(spec, searched, seeds, Path(storage) / name / "references", progress)
+        validation = validate(spec, searched, seeds, SweepPaths(storage, name).references, progress)
 
     uri = tracking_uri or default_tracking_uri(Path(storage))
     client = MlflowClient(uri)
@@ -165,7 +193,7 @@ def pick(storage: Path, name: str, rule: str, where: list[str], *, alias: str = 
             "forget_digest": run.data.tags.get("forget_digest", "")}
     if validation:
         tags["validation_seeds"] = ",".join(map(str, validation["seeds"]))
-        for key in ("avg_gap", "avg_gap_original", "improvement"):
+        for key in (*headline_pair(task), "improvement"):
             if key in validation:
                 v = validation[key]
                 tags[f"validated_{key}"] = f"{v['mean']:.4f} [{v['ci95_low']:.4f}, {v['ci95_high']:.4f}]"
@@ -176,7 +204,6 @@ def pick(storage: Path, name: str, rule: str, where: list[str], *, alias: str = 
     endorsed = validation is None or validation.get("improves_on_original", True)
     if endorsed:
         client.set_registered_model_alias(registered, alias, version.version)
-    task = spec.task_contract
     search = {k: float(best[k]) for k in (*task.metrics, *task.baseline_metrics, "improvement") if k in best.index}
     return {
         "trial_id": str(best["trial_id"]), "config": searched, "search": search, "validation": validation,
@@ -184,4 +211,4 @@ def pick(storage: Path, name: str, rule: str, where: list[str], *, alias: str = 
         "run_id": run_id, "rule": rule, "where": where, col: float(best[col]),
         "pareto": bool(best.get("pareto", False)), "registered_model": registered, "version": int(version.version),
         "alias": alias if endorsed else None, "tracking_uri": uri,
-    }, side_by_side(best, validation)
+    }, side_by_side(best, validation, side_by_side_metrics(task))

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from orchestrator.errors import UserError
+from orchestrator.fields import default_of, spec_fields
 from orchestrator.methods import get_method, list_methods, tuples
 from orchestrator.tasks import get_task, list_tasks
 
@@ -92,24 +94,14 @@ class MethodSpace(BaseModel):
 
 
 class SweepSpec(BaseModel):
+    """The keys every search space has. A task's run fields (its config's fields declared
+    ``spec``, e.g. dataset, forget) are added by :func:`spec_model`, one model per task, with the
+    config's defaults; :func:`parse_spec` picks the model by the ``task`` key."""
+
     model_config = Strict
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     task: str = "classification"
     method: str | None = None  # default: the task's default method
-    dataset: str = "mnist5k"
-    data_dir: str | None = None
-    image_size: int | None = Field(None, ge=1)
-    max_data_gb: float | None = Field(None, gt=0)
-    image_column: str = "image"
-    label_column: str = "label"
-    id_column: str = "id"
-    model: str = "resnet8"
-    code_dir: str | None = None  # shipped to every Ray worker (runtime environment)
-    width: int | None = Field(None, ge=1)
-    original: str | None = None  # the user's weights, resolved once into the references
-    retrain: str = "train"  # train | PATH or URI | none
-    forget: str
-    split_seed: int = 0
     preset: str = "auto"
     recipe: dict[str, Any] = {}  # the reference recipe (classifier training, or the generator for diffusion)
     classifier: dict[str, Any] = {}  # diffusion: the evaluation classifier's recipe
@@ -127,7 +119,6 @@ class SweepSpec(BaseModel):
     max_concurrent: int = Field(1, ge=1)
     early_stopping: EarlyStopping | None = None
     sampler_seed: int = 0
-    kernels: Literal["reference", "fused", "triton"] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "SweepSpec":
@@ -140,16 +131,11 @@ class SweepSpec(BaseModel):
             return self
         if not self.search:
             raise ValueError("search: needs at least one searched knob")
-        if self.task not in list_tasks():
-            raise ValueError(f"unknown task {self.task!r}; allowed: {', '.join(list_tasks())}")
         task = get_task(self.task)
         method_name = self.method or task.default_method
         if method_name not in list_methods(self.task):
             raise ValueError(f"unknown method {method_name!r} for task {self.task}; "
                              f"allowed: {', '.join(list_methods(self.task))}")
-        for key in sorted(RUN_KEYS - set(task.spec_fields)):
-            if getattr(self, key) != type(self).model_fields[key].default:
-                raise ValueError(f"{key!r} does not apply to task {self.task}")
         hints = typing.get_type_hints(task.config_class)
         for key in ("recipe", "classifier"):
             if key in task.spec_recipes:
@@ -163,7 +149,7 @@ class SweepSpec(BaseModel):
             if obj.metric not in task.metrics:
                 raise ValueError(f"unknown metric {obj.metric!r} for task {self.task}; "
                                  f"allowed: {', '.join(task.metrics)}")
-            if self.retrain == "none" and obj.metric in task.gap_metrics:
+            if getattr(self, "retrain", None) == "none" and obj.metric in task.gap_metrics:
                 raw = [m for m in task.metrics if m not in task.gap_metrics]
                 raise ValueError(f"objective {obj.metric!r} is a gap to the retrain model, and retrain: none has "
                                  f"no retrain model; use raw metrics: {', '.join(raw)}")
@@ -231,9 +217,21 @@ class SweepSpec(BaseModel):
         return point if all(self.search[k].contains(v) for k, v in point.items()) else None
 
 
-# Run-config keys of a search space; a task uses those in its ``spec_fields``.
-RUN_KEYS = {"dataset", "data_dir", "image_size", "max_data_gb", "image_column", "label_column", "id_column", "model",
-            "code_dir", "width", "original", "retrain", "forget", "split_seed", "kernels"}
+@functools.cache
+def spec_model(task_name: str) -> type[SweepSpec]:
+    """The search-space model of one task: :class:`SweepSpec` plus the task's run fields."""
+    config = get_task(task_name).config_class
+    hints = typing.get_type_hints(config)
+    run = {f.name: (hints[f.name], ... if f.metadata["required"] else default_of(f)) for f in spec_fields(config)}
+    return create_model(f"SweepSpec_{task_name}", __base__=SweepSpec, __module__=__name__, **run)
+
+
+def parse_spec(raw: dict) -> SweepSpec:
+    """A search space as a mapping, validated with its task's model (pydantic errors, as ``model_validate``)."""
+    task = raw.get("task", "classification")
+    if task not in list_tasks():
+        raise UserError(f"task: unknown task {task!r}; allowed: {', '.join(list_tasks())}")
+    return spec_model(task).model_validate(raw)
 
 
 def run_settings(task) -> tuple[str, ...]:
@@ -248,23 +246,28 @@ def _only(keys, allowed, where: str) -> None:
         raise ValueError(f"unknown {where} key(s) {unknown}; allowed: {', '.join(allowed)}")
 
 
-# Keys that may name a local file or folder, behind these prefixes ("" = the whole value).
-PATH_KEYS = {"dataset": ("npz:", "imagefolder:", "parquet:"), "forget": ("ids:",), "data_dir": ("",),
-             "code_dir": ("",), "original": ("",), "retrain": ("",)}
-
-
 def absolute_paths(raw: dict) -> dict:
-    """Relative paths that exist here, made absolute: trials run in other folders (and nodes)."""
+    """Relative paths that exist here, made absolute: trials run in other folders (and nodes).
+    Which values are paths, behind which prefixes, the task's run fields declare (``paths``)."""
     out = dict(raw)
-    for key, prefixes in PATH_KEYS.items():
-        value = out.get(key)
-        prefix = next((p for p in prefixes if isinstance(value, str) and value.startswith(p)), None)
+    task = out.get("task", "classification")
+    if task not in list_tasks():
+        return out
+    for f in spec_fields(get_task(task).config_class):
+        value = out.get(f.name)
+        prefix = next((p for p in f.metadata["paths"] if isinstance(value, str) and value.startswith(p)), None)
         if prefix is None or value in ("train", "none"):  # retrain's words, not paths
             continue
         path = Path(value.removeprefix(prefix))
         if not path.is_absolute() and path.exists():
-            out[key] = prefix + str(path.resolve())
+            out[f.name] = prefix + str(path.resolve())
     return out
+
+
+def _unknown_key(key: str, task: str) -> str:
+    """Why a top-level key is refused: another task's run field, or no key at all."""
+    takes = [t for t in list_tasks() if t != task and key in get_task(t).spec_fields]
+    return f"does not apply to task {task} (a key of {', '.join(takes)})" if takes else "unknown key"
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -279,13 +282,15 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not isinstance(raw, dict):
         raise UserError(f"search space {path}: expected a mapping of keys, got {type(raw).__name__}")
     try:
-        spec = SweepSpec.model_validate(absolute_paths(raw))
+        spec = parse_spec(absolute_paths(raw))
+    except UserError as exc:
+        raise UserError(f"search space {path}: {exc}") from None
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = _unknown_key(loc, raw.get("task", "classification"))
         raise UserError(f"search space {path}: {loc}: {msg}") from None
     try:  # semantic checks that need the project's registries (model, forget spec, knob values)
         for sub in spec.per_method():

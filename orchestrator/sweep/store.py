@@ -15,11 +15,10 @@ import json
 import sys
 from pathlib import Path
 
-from orchestrator.cache import default_cache_dir
+from orchestrator.cache import MANIFEST, METRICS_PREFIX, WEIGHTS, default_cache_dir
 from orchestrator.errors import UserError
 from orchestrator.storage import atomic_write_bytes, content_key, file_lock, sha256_bytes, sha256_file
-
-MANIFEST, WEIGHTS = "meta.json", "model.pt"
+from orchestrator.sweep.paths import SweepPaths
 
 
 class SweepStore:
@@ -87,11 +86,9 @@ class SweepStore:
         from pyarrow.fs import FileSelector, FileType
 
         if not self.remote:
-            folder = self.root / name
-            return (folder / "tune").exists() or any(folder.glob("tune-*"))
+            return any(SweepPaths.is_tune(p.name) for p in (self.root / name).glob("*"))
         infos = self.fs.get_file_info(FileSelector(self._key(name), allow_not_found=True))
-        return any(i.type == FileType.Directory and (i.base_name == "tune" or i.base_name.startswith("tune-"))
-                   for i in infos)
+        return any(i.type == FileType.Directory and SweepPaths.is_tune(i.base_name) for i in infos)
 
     def read_bytes(self, rel: str) -> bytes | None:
         if not self.remote:
@@ -128,8 +125,9 @@ class SweepStore:
 
     def pull_results(self, name: str) -> None:
         """A sweep's table and specs, for ``frontier`` / ``pick`` / ``--resume`` on any machine."""
-        for file in ("spec.yaml", "spec.resolved.json", "results.parquet", "summary.json"):
-            self.pull(f"{name}/{file}")
+        paths = SweepPaths(self.root, name)
+        for path in paths.synced:
+            self.pull(paths.rel(path))
 
     # ------------------------------------------------------------------ references
     def pull_references(self, rel: str, *, verify_store: bool) -> set[str]:
@@ -166,7 +164,7 @@ class SweepStore:
             if not local_ok:
                 atomic_write_bytes(local / WEIGHTS, data)
         for file in self.files(rel, recursive=False):  # cached metrics beside the model
-            if Path(file).name.startswith("metrics-") and not (self.root / file).is_file():
+            if Path(file).name.startswith(METRICS_PREFIX) and not (self.root / file).is_file():
                 self.pull(file)
         atomic_write_bytes(local / MANIFEST, manifest)  # the manifest last, as the cache writes it
         return True
@@ -178,7 +176,7 @@ class SweepStore:
         for entry in sorted(p.parent for p in (self.root / rel).glob(f"*/{MANIFEST}")):
             files = sorted(p for p in entry.iterdir() if p.is_file() and not p.name.startswith("."))
             if entry.name in intact:
-                files = [p for p in files if p.name.startswith("metrics-")]
+                files = [p for p in files if p.name.startswith(METRICS_PREFIX)]
             else:  # weights first, manifest last: a reader never sees a manifest without its weights
                 files.sort(key=lambda p: (p.name == MANIFEST, p.name != WEIGHTS))
             for p in files:

@@ -1,5 +1,5 @@
-"""What a sweep knows before and after its trials: the references (built once, their metrics
-as plot markers), the hypervolume reference point, and the final summary."""
+"""What a sweep knows after its trials: the hypervolume reference point, the plots and the
+final summary (``summary.json``); the references it starts from are in ``sweep/references.py``."""
 from __future__ import annotations
 
 import math
@@ -9,46 +9,21 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.stats import summarize
 from orchestrator.storage import atomic_write_json
 from orchestrator.sweep.callback import refresh_pareto
-from orchestrator.sweep.frontier import hypervolume, pareto_mask, plot_frontier, plot_methods
+from orchestrator.sweep.pareto import hypervolume, pareto_mask
 from orchestrator.sweep.paths import SweepPaths
+from orchestrator.sweep.plots import plot_frontier, plot_methods
+from orchestrator.sweep.references import markers as reference_markers
 from orchestrator.sweep.results import ResultsTable
 from orchestrator.sweep.spec import SweepSpec
-
-
-def build_references(spec: SweepSpec, cache_dir: Path, progress: bool) -> dict[int, dict]:
-    """Every reference of every seed, before any trial; their metrics by seed and role."""
-    from orchestrator.training import set_threads
-
-    set_threads()
-    out = {}
-    for seed in spec.seeds:
-        metrics = spec.task_contract.build_references(spec.run_config({}, seed), cache_dir, progress)
-        if metrics:
-            out[seed] = metrics
-    return out
-
-
-def markers(spec: SweepSpec, refs: dict[int, dict]) -> dict[str, dict[str, float]]:
-    """Original and retrain (where there is one) as points in objective space (gap metrics:
-    retrain is 0): the mean over seeds, and ``<metric>_ci95`` their seed spread."""
-    task = spec.task_contract
-    out = {}
-    for role in next(iter(refs.values())) if refs else ():
-        rows = [task.marker(r[role], r.get("retrain")) for r in refs.values()]
-        out[role] = {}
-        for key in rows[0]:
-            s = summarize(m[key] for m in rows)
-            out[role].update({key: s.mean, f"{key}_ci95": s.ci95})
-    return out
 
 
 def reference_point(spec: SweepSpec, markers: dict[str, dict[str, float]], observed: np.ndarray) -> list[float]:
     """Hypervolume reference: each objective as the retrain model scores it; for a gap metric
     (0 for retrain by definition), or without a retrain model, the original model's value
-    instead; for a metric the references do not have (RTE_s) the worst value observed."""
+    instead; for a metric the references do not have (the task's time metric) the worst value
+    observed."""
     point = []
     for j, obj in enumerate(spec.objectives):
         gap = obj.metric in spec.task_contract.gap_metrics
@@ -76,12 +51,11 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
     if ok.any():
         cols, directions = [o.metric for o in spec.objectives], [o.direction for o in spec.objectives]
         values = df.loc[ok, cols].to_numpy(dtype=float)
-        points = markers(spec, refs)
+        points = reference_markers(spec, refs)
         ref_point = reference_point(spec, points, values)
         summary["hypervolume"] = hypervolume(values[pareto_mask(values, directions)], directions, ref_point)
         summary["hypervolume_reference_point"] = ref_point
-        plotted = plot_frontier(df, [(o.metric, o.direction) for o in spec.objectives], paths.plot,
-                                markers=points or None)
+        plotted = plot_frontier(df, spec.objectives, paths.plot, markers=points or None)
         if spec.methods:
             # One reference point for every method: the worst value any method's trial reached
             # (the original model would give most of them zero volume: nothing dominates it).
@@ -90,18 +64,18 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
             summary["methods_reference_point"] = nadir
             summary["methods"] = {m: method_summary(df[ok & (df["method"] == m).to_numpy()], spec, nadir)
                                   for m in spec.methods}
-            plotted += plot_methods(df[ok], [(o.metric, o.direction) for o in spec.objectives],
-                                    paths.root / "frontier_methods.png", markers=points or None)
+            plotted += plot_methods(df[ok], spec.objectives, paths.methods_plot, markers=points or None)
         summary["plots"] = [str(p) for p in plotted]
         for p in plotted:
             client.log_artifact(parent_run_id, str(p))
         client.log_metric(parent_run_id, "hypervolume", summary["hypervolume"])
-        if "avg_gap" in df:
-            client.log_metric(parent_run_id, "best_avg_gap", float(df.loc[ok, "avg_gap"].min()))
+        headline = spec.task_contract.headline_metric
+        if headline is not None and headline in df:
+            client.log_metric(parent_run_id, f"best_{headline}", float(df.loc[ok, headline].min()))
     _drop_orphan_runs(client, parent_run_id, set(df["trial_id"]) if len(df) else set())
     _tag_pareto(client, df, mask, tracking_uri)
     client.log_artifact(parent_run_id, str(paths.results))
-    atomic_write_json(paths.root / "summary.json", summary)
+    atomic_write_json(paths.summary, summary)
     client.set_terminated(parent_run_id, "FINISHED")
     return summary
 
@@ -140,7 +114,8 @@ def _drop_orphan_runs(client, parent_run_id: str, recorded: set[str]) -> None:
 
 def method_summary(df, spec: SweepSpec, ref_point: list[float]) -> dict:
     """One method of a comparison: its frontier, its hypervolume against the common reference
-    point, and its best trial by Avg. Gap (seed mean, 95% half-width, RTE) where reported."""
+    point, and its best trial by the task's headline metric (seed mean, 95% half-width, time)
+    where reported."""
     out: dict = {"completed": int(len(df))}
     if df.empty:
         return out
@@ -148,10 +123,13 @@ def method_summary(df, spec: SweepSpec, ref_point: list[float]) -> dict:
     front = pareto_mask(df[cols].to_numpy(dtype=float), directions)
     out["frontier"] = int(front.sum())
     out["hypervolume"] = hypervolume(df[cols].to_numpy(dtype=float)[front], directions, ref_point)
-    if "avg_gap" in df:
-        best = df.loc[df["avg_gap"].idxmin()]
-        out["best"] = {"trial_id": str(best["trial_id"]), "avg_gap": float(best["avg_gap"]),
-                       "avg_gap_ci95": float(best.get("avg_gap_ci95", math.nan)), "RTE_s": float(best["RTE_s"])}
+    task = spec.task_contract
+    headline, seconds = task.headline_metric, task.time_metric
+    if headline is not None and headline in df:
+        best = df.loc[df[headline].idxmin()]
+        out["best"] = {"trial_id": str(best["trial_id"]), headline: float(best[headline]),
+                       f"{headline}_ci95": float(best.get(f"{headline}_ci95", math.nan)),
+                       seconds: float(best[seconds])}
     return out
 
 

@@ -9,13 +9,15 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from orchestrator.sweep.paths import SweepPaths, mlflow_db
+
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_TAG = "scissorhands.sweep"
 TRIAL_TAG = "scissorhands.trial_id"
 
 
 def default_tracking_uri(storage: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlflow_db(storage)}"
 
 
 def ensure_experiment(client: MlflowClient, name: str, storage: Path, tracking_uri: str) -> str:
@@ -25,7 +27,7 @@ def ensure_experiment(client: MlflowClient, name: str, storage: Path, tracking_u
     # With a local store keep artifacts beside it; a server decides its own artifact root.
     location = None
     if tracking_uri.startswith("sqlite:"):
-        location = (Path(storage).resolve() / "mlartifacts" / name).as_uri()
+        location = SweepPaths(storage, name).mlflow_artifacts.as_uri()
     return client.create_experiment(name, artifact_location=location)
 
 

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import DivergenceError
-from orchestrator.stats import aggregate
+from orchestrator.stats import aggregate, headline_pair
 from orchestrator.sweep import tracking
+from orchestrator.sweep.paths import SweepPaths
 from orchestrator.sweep.seed_runs import run_seed
-from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep.spec import parse_spec
 from orchestrator.sweep.store import SweepStore
 
 PENALTY = 1e6  # objective value of a failed (diverged / pruned) trial: the worst the searcher can see
@@ -42,8 +43,9 @@ def references_here(ctx: TrialContext) -> Path:
     if ctx.bucket is None:
         return Path(ctx.cache_dir)
     store = SweepStore(ctx.bucket)
-    store.pull_references(f"{ctx.name}/references", verify_store=False)
-    return store.root / ctx.name / "references"
+    paths = SweepPaths(store.root, ctx.name)
+    store.pull_references(paths.rel(paths.references), verify_store=False)
+    return paths.references
 
 
 def run_trial(searched: dict, ctx: TrialContext) -> dict:
@@ -54,7 +56,7 @@ def run_trial(searched: dict, ctx: TrialContext) -> dict:
     from orchestrator.training import set_threads
 
     set_threads()
-    spec = SweepSpec.model_validate(ctx.spec)
+    spec = parse_spec(ctx.spec)
     trial_id = tune.get_context().get_trial_id()
     client = MlflowClient(ctx.tracking_uri)
     run_id = tracking.start_child(client, ctx.experiment_id, ctx.parent_run_id, trial_id, ctx.name)
@@ -77,14 +79,14 @@ def run_trial(searched: dict, ctx: TrialContext) -> dict:
                     raise Pruned(f"pruned: {rule.metric} {value:.1f} < {rule.min_value} at epoch {record['epoch']}")
 
             runs.append(run_seed(spec, searched, seed, cache_dir, build=False, on_epoch=on_epoch,
-                                 artifact_dir=cache_dir / "trials" / trial_id / str(seed)))
+                                 artifact_dir=SweepPaths.trial_files(cache_dir, trial_id, seed)))
             client.set_tag(run_id, f"forget_digest.seed{seed}", runs[-1].forget_digest)
             # Each seed's own figures beside the means: the logged model is the first seed's,
             # and a mean hides which seed fell short.
             client.log_batch(run_id, metrics=[_metric(f"{k}/seed{seed}", v) for k, v in runs[-1].metrics.items()])
         # The logged model is the first seed's: its forget set is the one tagged forget_digest.
         client.set_tag(run_id, "forget_digest", runs[0].forget_digest)
-        metrics = aggregate([r.metrics for r in runs])
+        metrics = aggregate([r.metrics for r in runs], paired=headline_pair(spec.task_contract))
         client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
         tracking.log_model(client, run_id, runs[0].model)
         if runs[0].layers:  # the trimmed / projected parameters, named

@@ -15,7 +15,8 @@ from orchestrator.sweep.callback import ResultsCallback
 from orchestrator.sweep.paths import SweepPaths
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.store import SweepStore, write_text
-from orchestrator.sweep.summary import build_references, code_version, finalize
+from orchestrator.sweep.references import build_references
+from orchestrator.sweep.summary import code_version, finalize
 from orchestrator.sweep.trainable import TrialContext, trainable
 
 
@@ -27,7 +28,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | Path | SweepStore, trials: int 
 
     spec = spec.model_copy(update={k: v for k, v in (("trials", trials), ("name", name)) if v is not None})
     store = storage if isinstance(storage, SweepStore) else SweepStore(storage)
-    paths = SweepPaths(store.root / spec.name)
+    paths = SweepPaths(store.root, spec.name)
     _check_new_or_resumable(spec, store, resume)
     if address:
         _connect(address, spec)
@@ -37,9 +38,9 @@ def run_sweep(spec: SweepSpec, *, storage: str | Path | SweepStore, trials: int 
     if resume:
         store.pull_results(spec.name)
     elif spec_text is not None:
-        write_text(store, f"{spec.name}/spec.yaml", spec_text)
-    atomic_write_json(paths.root / "spec.resolved.json", spec.model_dump())
-    store.push(f"{spec.name}/spec.resolved.json")
+        write_text(store, paths.rel(paths.spec_yaml), spec_text)
+    atomic_write_json(paths.spec_resolved, spec.model_dump())
+    store.push(paths.rel(paths.spec_resolved))
 
     tracking_uri = tracking_uri or tracking.default_tracking_uri(store.root)
     if store.remote and tracking_uri.startswith("sqlite:"):
@@ -53,24 +54,24 @@ def run_sweep(spec: SweepSpec, *, storage: str | Path | SweepStore, trials: int 
             if run.info.status == "RUNNING":
                 client.delete_run(run.info.run_id)
     t0 = time.perf_counter()
-    references = f"{spec.name}/references"
+    references = paths.rel(paths.references)
     intact = store.pull_references(references, verify_store=True)
     refs = build_references(spec, paths.references, progress)
     store.push_references(references, intact)
     references_s = time.perf_counter() - t0
     if not resume:
-        _log_parent(client, parent_run_id, spec, spec_text, refs)
+        _log_parent(client, parent_run_id, paths, spec, spec_text, refs)
 
     t0 = time.perf_counter()
     for sub in spec.per_method():  # a comparison: one experiment per method, same budget and seeds
         ctx = TrialContext(sub.model_dump(), spec.name, str(paths.references), tracking_uri, experiment_id,
                            parent_run_id, store.location if store.remote else None)
-        tune_name = paths.tune_name(sub.method if spec.methods else None)
-        restore = resume and store.exists(f"{spec.name}/{tune_name}")
-        _tuner(sub, store, tune_name, ctx, address, restore, progress).fit()
+        tune_dir = paths.tune(sub.method if spec.methods else None)
+        restore = resume and store.exists(paths.rel(tune_dir))
+        _tuner(sub, store, paths, tune_dir, ctx, address, restore, progress).fit()
     timing = {"references_s": references_s, "trials_s": time.perf_counter() - t0}
     summary = finalize(spec, paths, refs, tracking_uri, parent_run_id, timing)
-    store.push_folder_files(spec.name)
+    store.push_folder_files(paths.rel(paths.root))
     return summary
 
 
@@ -95,7 +96,8 @@ def _check_fits_here(spec: SweepSpec) -> None:
 
 def runtime_env(spec: SweepSpec) -> dict | None:
     """The user's model code reaches every node through Ray's runtime environment."""
-    return {"working_dir": spec.code_dir} if spec.code_dir else None
+    code_dir = getattr(spec, "code_dir", None)  # a run field of the tasks that take the user's model code
+    return {"working_dir": code_dir} if code_dir else None
 
 
 def _connect(address: str, spec: SweepSpec) -> None:
@@ -126,7 +128,8 @@ def _wait_for_a_fitting_node(spec: SweepSpec, address: str, wait_s: float) -> No
                     f"{largest.get('GPU', 0):g}); lower resources, add such a node, or raise --resource-wait")
 
 
-def _log_parent(client, run_id: str, spec: SweepSpec, spec_text: str | None, refs: dict[int, dict]) -> None:
+def _log_parent(client, run_id: str, paths: SweepPaths, spec: SweepSpec, spec_text: str | None,
+                refs: dict[int, dict]) -> None:
     from mlflow.entities import Param
 
     space = spec.model_dump(include={"methods"}) if spec.methods else spec.model_dump()["search"]
@@ -134,17 +137,17 @@ def _log_parent(client, run_id: str, spec: SweepSpec, spec_text: str | None, ref
               "objectives": json.dumps([o.model_dump() for o in spec.objectives]),
               "trials": spec.trials, "seeds": ",".join(map(str, spec.seeds)), "code_version": code_version()}
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    client.log_dict(run_id, spec.model_dump(), "spec.resolved.json")
+    client.log_dict(run_id, spec.model_dump(), paths.spec_resolved.name)
     if spec_text is not None:
-        client.log_text(run_id, spec_text, "spec.yaml")
+        client.log_text(run_id, spec_text, paths.spec_yaml.name)
     for seed, r in refs.items():
         for role, metrics in r.items():
             for k, v in metrics.items():
                 client.log_metric(run_id, f"{role}.{k}", v, step=seed)
 
 
-def _tuner(spec: SweepSpec, store: SweepStore, tune_name: str, ctx: TrialContext, address: str | None,
-           resume: bool, progress: bool):
+def _tuner(spec: SweepSpec, store: SweepStore, paths: SweepPaths, tune_dir: Path, ctx: TrialContext,
+           address: str | None, resume: bool, progress: bool):
     """A new Tuner, or the interrupted one restored from the store (a bucket: on any machine)."""
     import ray
     from optuna.samplers import TPESampler
@@ -157,7 +160,7 @@ def _tuner(spec: SweepSpec, store: SweepStore, tune_name: str, ctx: TrialContext
     run = tune.with_resources(tune.with_parameters(trainable, ctx=ctx),
                               {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     if resume:
-        return tune.Tuner.restore(store.uri(f"{spec.name}/{tune_name}"), run, resume_errored=False,
+        return tune.Tuner.restore(store.uri(paths.rel(tune_dir)), run, resume_errored=False,
                                   restart_errored=True)
     first = spec.first_points()
     searcher = OptunaSearch(
@@ -171,9 +174,9 @@ def _tuner(spec: SweepSpec, store: SweepStore, tune_name: str, ctx: TrialContext
         param_space={k: d.tune_domain() for k, d in spec.search.items()},
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.trials,
                                     max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(name=tune_name, storage_path=store.uri(spec.name),
+        run_config=tune.RunConfig(name=tune_dir.name, storage_path=store.uri(paths.rel(paths.root)),
                                   failure_config=tune.FailureConfig(max_failures=2),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                  callbacks=[ResultsCallback(spec, store, f"{spec.name}/results.parquet")],
+                                  callbacks=[ResultsCallback(spec, store, paths.rel(paths.results))],
                                   verbose=1 if progress else 0),
     )

@@ -1,4 +1,4 @@
-"""The task contract (classification, diffusion) and its registry.
+"""The task contract (classification, diffusion class erasure, text-to-image) and its registry.
 
 A task knows its run config class, how to build and cache its references, how to run one
 configuration on one seed (through the method registry) and what metrics that yields. The
@@ -15,11 +15,14 @@ from typing import Any, Callable, ClassVar
 from torch import nn
 
 from orchestrator.errors import DivergenceError
+from orchestrator.fields import spec_fields
 from orchestrator.registry import Registry
+from orchestrator.storage import content_key
 
 BUILTIN: dict[str, str] = {
-    "classification": "orchestrator.tasks.classification:TASK",
-    "diffusion": "orchestrator.tasks.diffusion:TASK",
+    "classification": "orchestrator.tasks.classification.task:TASK",
+    "diffusion": "orchestrator.tasks.class_erasure.task:TASK",
+    "text_to_image": "orchestrator.tasks.text_to_image.task:TASK",
 }
 
 
@@ -50,10 +53,32 @@ class Task(ABC):
     metrics: ClassVar[tuple[str, ...]]  # what a sweep trial reports: the objectives allowed
     gap_metrics: ClassVar[tuple[str, ...]]  # objectives that are 0 for retrain by definition
     baseline_metrics: ClassVar[tuple[str, ...]] = ()  # the untouched original's, for paired comparisons
-    utility_metric: ClassVar[str]  # accuracy that must stay clear of chance (the collapse check)
+    utility_metric: ClassVar[str | None]  # accuracy that must stay clear of chance (the collapse check)
+    # What the sweep layer (stats, pick, summary, frontier table) reads instead of naming metrics:
+    headline_metric: ClassVar[str | None] = None
+    """The one figure (lower is better) a pick's verdict and the paired comparison with doing
+    nothing use; a trial reports it only where it can be measured (classification: ``avg_gap``,
+    needs a retrain model). None: the task has none, and ``pick`` cannot validate."""
+    headline_baseline: ClassVar[str | None] = None
+    """The untouched original's headline on the same seed (one of ``baseline_metrics``)."""
+    headline_label: ClassVar[str | None] = None
+    """The headline as people read it (``Avg. Gap``)."""
+    time_metric: ClassVar[str] = "RTE_s"
+    """The unlearning's wall-clock seconds (references have none)."""
+    table_metrics: ClassVar[tuple[str, ...]] = ()
+    """Columns of the comparison and frontier tables beside the objectives (``scissorhands
+    frontier``, pick's search-vs-held-out table), where a trial has them."""
     # search-space keys that set a nested recipe of the run config: YAML key -> config field
     spec_recipes: ClassVar[dict[str, str]]
-    spec_fields: ClassVar[tuple[str, ...]]  # search-space keys copied into the run config
+
+    @property
+    def spec_fields(self) -> tuple[str, ...]:
+        """Search-space keys copied into the run config: the config's fields declared ``spec``."""
+        return tuple(f.name for f in spec_fields(self.config_class))
+
+    def artifact_dir(self, cfg: Any, cache_dir: Path) -> Path:
+        """Where a run's files (sample grids) go unless the caller names a folder: one per config."""
+        return Path(cache_dir) / f"{self.name}-runs" / content_key(cfg.to_dict())
 
     def preset_context(self, cfg: Any) -> dict[str, str]:
         """What a method's preset depends on (model size, kind of forget set)."""

@@ -7,7 +7,7 @@ import torch
 from sklearn.svm import SVC
 from torch import nn
 
-from orchestrator.data import UnlearnData
+from orchestrator.forget import UnlearnData
 from orchestrator.training import predict_proba
 
 CORE_METRICS = ("UA", "RA", "TA", "MIA")

@@ -1,5 +1,4 @@
-"""Diffusion: erase a class from a class-conditional generator, or (``pretrained``) a text
-concept from a local Stable Diffusion pipeline.
+"""Class erasure: a class-conditional diffusion generator forgets one class.
 
 ``scissorhands unlearn --task diffusion`` and every diffusion sweep trial call the same
 :meth:`Diffusion.run`. It is seeded and deterministic (same config, same thread count ->
@@ -14,23 +13,21 @@ from typing import Callable
 
 import torch
 
-from orchestrator.data import ForgetSpec, load_dataset, split_forget
-from orchestrator.diffusion.config import DiffusionRunConfig
-from orchestrator.diffusion.evaluation import EVAL_CODE_VERSION, eval_noise, generate, sample_metrics, save_grid
-from orchestrator.diffusion.references import get_classifier, get_generator, resize_uint8, to_signed
+from orchestrator.datasets import load_dataset
+from orchestrator.datasets.images import resize_uint8
+from orchestrator.forget import ForgetSpec, split_forget
+from orchestrator.tasks.class_erasure.config import DiffusionRunConfig
+from orchestrator.diffusion.images import save_grid, to_signed
+from orchestrator.tasks.class_erasure.evaluation import EVAL_CODE_VERSION, eval_noise, generate, sample_metrics
+from orchestrator.tasks.class_erasure.references import get_classifier, get_generator
 from orchestrator.diffusion.sampling import alphas_cumprod
-from orchestrator.diffusion.tasks import ClassTask
-from orchestrator.errors import UserError
+from orchestrator.tasks.class_erasure.data import ClassTask
+from orchestrator.errors import FieldError
 from orchestrator.methods import get_method
-from orchestrator.storage import content_key
 from orchestrator.tasks import Task, TrialResult
 from orchestrator.training import resolve_device
 
 CORE = ("forget_acc", "retained_acc", "fid")
-
-
-def default_artifact_dir(cfg: DiffusionRunConfig, cache_dir: Path) -> Path:
-    return Path(cache_dir) / "diffusion-runs" / content_key(cfg.to_dict())
 
 
 class Diffusion(Task):
@@ -42,8 +39,10 @@ class Diffusion(Task):
     metrics = ("forget_acc", "retained_acc", "fid", "RTE_s", "gap_forget_acc", "gap_retained_acc", "gap_fid")
     gap_metrics = ("gap_forget_acc", "gap_retained_acc", "gap_fid")
     utility_metric = "retained_acc"
+    headline_metric = None  # no untouched-original figure to pair with: pick cannot validate
+    time_metric = "RTE_s"
+    table_metrics = ()
     spec_recipes = {"recipe": "generator", "classifier": "classifier"}
-    spec_fields = ("dataset", "data_dir", "forget", "split_seed")
 
     def preset_context(self, cfg: DiffusionRunConfig) -> dict[str, str]:
         return {"forget_kind": ForgetSpec.parse(cfg.forget).kind}
@@ -55,12 +54,8 @@ class Diffusion(Task):
         key>``) and lists them in ``extras["artifacts"]``."""
         cfg.validate()
         cache_dir = Path(cache_dir)
-        artifact_dir = Path(artifact_dir) if artifact_dir else default_artifact_dir(cfg, cache_dir)
+        artifact_dir = Path(artifact_dir) if artifact_dir else self.artifact_dir(cfg, cache_dir)
         with torch.random.fork_rng(devices=[]):
-            if cfg.mode == "prompt":
-                from orchestrator.diffusion.sd import run_prompt_unlearning
-
-                return run_prompt_unlearning(self, cfg, artifact_dir, progress=progress, on_epoch=on_epoch)
             return self._run_class(cfg, cache_dir, artifact_dir, progress, on_epoch, build)
 
     def _run_class(self, cfg, cache_dir, artifact_dir, progress, on_epoch, build) -> TrialResult:
@@ -71,7 +66,7 @@ class Diffusion(Task):
         present = sorted(int(c) for c in torch.unique(data.y_retain))
         anchor_class = getattr(cfg.knobs, "anchor_class", None)
         if anchor_class is not None and anchor_class not in present:
-            raise UserError(f"--anchor-class {anchor_class}: not a retained class; allowed: {present}")
+            raise FieldError("anchor_class", anchor_class, f"not a retained class; allowed: {present}")
         num_classes = dataset.num_classes
         g = cfg.generator
 
@@ -133,8 +128,6 @@ class Diffusion(Task):
         """Train (or find cached) the classifier and the original / retrain generators, so that
         sweep trials only load them. Their metrics come with every trial's report."""
         cfg.validate()
-        if cfg.mode == "prompt":
-            return {}
         dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.split_seed)
         data = split_forget(dataset, ForgetSpec.parse(cfg.forget), cfg.seed)
         device = resolve_device(cfg.device)
@@ -151,28 +144,13 @@ class Diffusion(Task):
         return m
 
     def format_table(self, report: dict) -> str:
-        unlearned = report["unlearned"]
-        if "forget_acc" in unlearned:
-            lines = [f"{'generator':<10} {'forget_acc':>10} {'retained_acc':>12} {'fid':>9} {'RTE_s':>8}"]
-            for role in ("original", "retrain", "unlearned"):
-                m = report.get(role)
-                if not m:
-                    continue
-                rte = f"{m['RTE_s']:>8.1f}" if "RTE_s" in m else f"{'':>8}"
-                lines.append(f"{role:<10} {m['forget_acc']:>10.2f} {m['retained_acc']:>12.2f} {m['fid']:>9.3f} {rte}")
-            lines.append("forget_acc: % of forget-class samples classified as the forget class (want ~0); "
-                         "retained_acc: mean per retained class (want as original)")
-            return "\n".join(lines)
-        keys = ("forget_anchor_gap", "forget_loss", "retain_loss", "retain_drift")
-        lines = [f"{'unet':<10} " + " ".join(f"{k:>17}" for k in keys) + f" {'RTE_s':>8}"]
-        for role in ("original", "unlearned"):
+        lines = [f"{'generator':<10} {'forget_acc':>10} {'retained_acc':>12} {'fid':>9} {'RTE_s':>8}"]
+        for role in ("original", "retrain", "unlearned"):
             m = report[role]
-            cells = " ".join(f"{m[k]:>17.6f}" if k in m else f"{'':>17}" for k in keys)
             rte = f"{m['RTE_s']:>8.1f}" if "RTE_s" in m else f"{'':>8}"
-            lines.append(f"{role:<10} {cells} {rte}")
-        if "gap_ratio" in unlearned:
-            lines.append(f"forget/anchor noise-prediction gap, unlearned / original: {unlearned['gap_ratio']:.3f} "
-                         "(want << 1)")
+            lines.append(f"{role:<10} {m['forget_acc']:>10.2f} {m['retained_acc']:>12.2f} {m['fid']:>9.3f} {rte}")
+        lines.append("forget_acc: % of forget-class samples classified as the forget class (want ~0); "
+                     "retained_acc: mean per retained class (want as original)")
         return "\n".join(lines)
 
 

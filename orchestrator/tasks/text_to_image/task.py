@@ -1,4 +1,4 @@
-"""Stable Diffusion concept erasure from a local diffusers pipeline folder (``--pretrained DIR``).
+"""Text-to-image: erase a concept from a local diffusers Stable Diffusion pipeline (``--pretrained DIR``).
 
 No hub access: the pipeline is loaded with ``local_files_only=True``. Only the UNet changes;
 the text encoder, tokenizer and VAE stay frozen.
@@ -24,30 +24,28 @@ Sample grids (forget prompts, original vs unlearned, same noise) are decoded wit
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from orchestrator.diffusion.config import DiffusionRunConfig
-from orchestrator.diffusion.evaluation import save_grid
-from orchestrator.diffusion.references import to_uint8
+from orchestrator.diffusion.images import save_grid, to_uint8
 from orchestrator.diffusion.sampling import ddim_sample, q_sample
-from orchestrator.diffusion.tasks import PromptTask
-from orchestrator.errors import UserError
-from orchestrator.storage import content_key
+from orchestrator.errors import FieldError, UserError
 from orchestrator.methods import get_method
+from orchestrator.storage import content_key
 from orchestrator.tasks import Task, TrialResult
+from orchestrator.tasks.text_to_image.config import TextToImageRunConfig
+from orchestrator.tasks.text_to_image.data import PromptTask
 from orchestrator.training import resolve_device
 
 
 def load_pipeline(path: str | Path):
     """A local StableDiffusionPipeline (offline); a clear UserError if it is not one."""
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        raise UserError("--pretrained needs the 'transformers' package (pip install transformers)") from None
+    if importlib.util.find_spec("transformers") is None:
+        raise UserError("--pretrained needs the 'transformers' package (pip install transformers)")
     from diffusers import StableDiffusionPipeline
 
     try:
@@ -55,8 +53,8 @@ def load_pipeline(path: str | Path):
             str(path), local_files_only=True, safety_checker=None, requires_safety_checker=False
         )
     except Exception as exc:
-        raise UserError(f"--pretrained {path}: not a loadable StableDiffusionPipeline folder "
-                        f"({type(exc).__name__}: {str(exc)[:300]})") from None
+        raise FieldError("pretrained", str(path), "not a loadable StableDiffusionPipeline folder "
+                         f"({type(exc).__name__}: {str(exc)[:300]})") from None
     return pipe
 
 
@@ -124,14 +122,8 @@ def _decode_grid(vae, latents: torch.Tensor, path: Path, columns: int) -> Path:
     return save_grid(images, rows, path, columns, scale=1)
 
 
-def run_prompt_unlearning(
-    task: Task,
-    cfg: DiffusionRunConfig,
-    artifact_dir: Path,
-    *,
-    progress: bool = True,
-    on_epoch: Callable[[dict], None] | None = None,
-) -> TrialResult:
+def _unlearn(task: Task, cfg: TextToImageRunConfig, artifact_dir: Path,
+             on_epoch: Callable[[dict], None] | None) -> TrialResult:
     device = resolve_device(cfg.device)
     pipe = load_pipeline(cfg.pretrained)
     unet, vae = pipe.unet.to(device).eval(), pipe.vae.to(device).eval()
@@ -149,7 +141,7 @@ def run_prompt_unlearning(
     emb_a, emb_null = encode([cfg.anchor_prompt]), encode([""])
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    per = cfg.sd_samples_per_prompt
+    per = cfg.samples_per_prompt
     lat_f, cond_f = _generate(unet, emb_f, emb_null, per, shape, abar, cfg, generator)
     lat_r, cond_r = _generate(unet, emb_r, emb_null, per, shape, abar, cfg, generator)
     probes_f = Probes(lat_f, cond_f, abar, cfg.eval_seed)
@@ -186,3 +178,50 @@ def run_prompt_unlearning(
         **stats,
     }
     return TrialResult(report, result.model, result.history, extras)
+
+
+class TextToImage(Task):
+    name = "text_to_image"
+    config_class = TextToImageRunConfig
+    default_method = "scissorhands_diffusion"
+    core_metrics = PROMPT_METRICS
+    metrics = (*PROMPT_METRICS, "RTE_s")
+    gap_metrics = ()  # no retrain reference exists for a pretrained text-to-image model
+    utility_metric = None
+    headline_metric = None  # no retrain reference, so no gap to it: pick cannot validate
+    time_metric = "RTE_s"
+    table_metrics = ()
+    spec_recipes = {}
+
+    def build_references(self, cfg: TextToImageRunConfig, cache_dir: Path, progress: bool = True) -> dict[str, dict]:
+        """Nothing to train: the user's pipeline is the original; its metrics come with each run."""
+        cfg.validate()
+        return {}
+
+    def run(self, cfg: TextToImageRunConfig, cache_dir: Path, *, progress: bool = True,
+            on_epoch: Callable[[dict], None] | None = None, artifact_dir: Path | None = None,
+            build: bool = True) -> TrialResult:
+        """Writes the sample grids (PNG) into ``artifact_dir`` (default ``<cache>/text_to_image-runs/<config
+        key>``) and lists them in ``extras["artifacts"]``."""
+        cfg.validate()
+        artifact_dir = Path(artifact_dir) if artifact_dir else self.artifact_dir(cfg, cache_dir)
+        with torch.random.fork_rng(devices=[]):
+            return _unlearn(self, cfg, artifact_dir, on_epoch)
+
+    def trial_metrics(self, report: dict) -> dict[str, float]:
+        return {k: float(report["unlearned"][k]) for k in self.metrics}
+
+    def format_table(self, report: dict) -> str:
+        keys = ("forget_anchor_gap", "forget_loss", "retain_loss", "retain_drift")
+        lines = [f"{'unet':<10} " + " ".join(f"{k:>17}" for k in keys) + f" {'RTE_s':>8}"]
+        for role in ("original", "unlearned"):
+            m = report[role]
+            cells = " ".join(f"{m[k]:>17.6f}" if k in m else f"{'':>17}" for k in keys)
+            rte = f"{m['RTE_s']:>8.1f}" if "RTE_s" in m else f"{'':>8}"
+            lines.append(f"{role:<10} {cells} {rte}")
+        lines.append(f"forget/anchor noise-prediction gap, unlearned / original: {report['unlearned']['gap_ratio']:.3f} "
+                     "(want << 1)")
+        return "\n".join(lines)
+
+
+TASK = TextToImage()

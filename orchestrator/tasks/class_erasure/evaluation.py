@@ -1,4 +1,5 @@
-"""Diffusion metrics (metrics.md, "Diffusion"): a fixed classifier labels generated samples.
+"""Class-erasure metrics: a fixed classifier labels generated samples (as in the Scissorhands and
+SalUn papers' class-wise diffusion experiments).
 
 - forget_acc: % of forget-conditioned samples the classifier calls the forget class (want ~0)
 - retained_acc: mean over retained classes of the % of class-c samples called c (want as before)
@@ -10,15 +11,13 @@ so original / retrain / unlearned are compared sample by sample.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from orchestrator.diffusion.references import to_uint8
+from orchestrator.diffusion.images import to_uint8
 from orchestrator.diffusion.sampling import ddim_sample
-from orchestrator.storage import atomic_write_bytes
 from orchestrator.training import to_float
 
 EVAL_CODE_VERSION = 1
@@ -114,28 +113,3 @@ def sample_metrics(
         "forget_pred_hist": {str(c): round(100.0 * float((forget_pred == c).float().mean()), 2)
                              for c in torch.unique(forget_pred).tolist()},
     }
-
-
-def save_grid(samples: torch.Tensor, labels: torch.Tensor, path: Path, columns: int, scale: int = 2) -> Path:
-    """PNG with one row per class (its first ``columns`` samples), 1 px gaps, upscaled ``scale``x."""
-    from PIL import Image
-
-    classes = torch.unique(labels).tolist()
-    c, h, w = samples.shape[1:]
-    rows = []
-    for k in classes:
-        imgs = samples[labels == k][:columns]
-        row = torch.full((c, h + 1, columns * (w + 1)), 255, dtype=torch.uint8)
-        for j, im in enumerate(imgs):
-            row[:, :h, j * (w + 1) : j * (w + 1) + w] = im
-        rows.append(row)
-    grid = torch.cat(rows, dim=1)
-    arr = grid.permute(1, 2, 0).numpy()
-    img = Image.fromarray(arr[:, :, 0] if c == 1 else arr)
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    import io
-
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)

@@ -7,12 +7,13 @@ from typing import Callable
 
 import torch
 
-from orchestrator.config import RunConfig
-from orchestrator.data import ForgetSpec, UnlearnData, load_dataset, split_forget
-from orchestrator.evaluation import CORE_METRICS, MIA_VARIANTS, avg_gap, evaluate
+from orchestrator.tasks.classification.config import RunConfig
+from orchestrator.datasets import load_dataset
+from orchestrator.tasks.classification.evaluation import CORE_METRICS, MIA_VARIANTS, avg_gap, evaluate
+from orchestrator.forget import ForgetSpec, UnlearnData, split_forget
 from orchestrator.methods import get_method
 from orchestrator.models import model_size
-from orchestrator.references import References, get_references, make_model, reference_metrics
+from orchestrator.tasks.classification.references import get_references, make_model, reference_metrics
 from orchestrator.tasks import Task, TrialResult
 
 GAP_METRICS = ("avg_gap", "forget_gap", "retain_gap", *(f"gap_{k}" for k in CORE_METRICS))
@@ -49,9 +50,12 @@ class Classification(Task):
     gap_metrics = GAP_METRICS
     baseline_metrics = ("avg_gap_original",)
     utility_metric = "RA"
+    headline_metric = "avg_gap"
+    headline_baseline = "avg_gap_original"
+    headline_label = "Avg. Gap"
+    time_metric = "RTE_s"
+    table_metrics = (*CORE_METRICS, "avg_gap")
     spec_recipes = {"recipe": "recipe"}
-    spec_fields = ("dataset", "data_dir", "image_size", "max_data_gb", "image_column", "label_column", "id_column",
-                   "model", "code_dir", "width", "original", "retrain", "forget", "split_seed", "kernels")
 
     def preset_context(self, cfg: RunConfig) -> dict[str, str]:
         kind = ForgetSpec.parse(cfg.forget).kind
@@ -66,13 +70,13 @@ class Classification(Task):
                 for role, ref in (("original", refs.original), ("retrain", refs.retrain)) if ref is not None}
 
     def run(self, cfg: RunConfig, cache_dir: Path, *, progress: bool = True,
-            on_epoch: Callable[[dict], None] | None = None, artifact_dir: Path | None = None, build: bool = True,
-            data: UnlearnData | None = None, references: References | None = None) -> TrialResult:
-        data = data or prepare(cfg)
+            on_epoch: Callable[[dict], None] | None = None, artifact_dir: Path | None = None,
+            build: bool = True) -> TrialResult:
+        data = prepare(cfg)
         layers = chosen_layers(cfg, data)
         for role, names in layers.items():  # at the start: a user sees what will change before it does
             print(f"{role} layers ({len(names)} parameters): {', '.join(names)}", flush=True)
-        refs = references or get_references(cfg, data, cache_dir, progress, build=build)
+        refs = get_references(cfg, data, cache_dir, progress, build=build)
         metrics = {"original": reference_metrics(refs.original, data),
                    "retrain": reference_metrics(refs.retrain, data) if refs.retrain is not None else None}
 

@@ -11,26 +11,20 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from orchestrator.data import Dataset, UnlearnData, resize_uint8
-from orchestrator.diffusion.config import ClassifierRecipe, GeneratorRecipe
-from orchestrator.diffusion.sampling import alphas_cumprod, noise_loss
-from orchestrator.diffusion.tasks import drop_labels
-from orchestrator.diffusion.unet import build_class_unet
-from orchestrator.models import build_model
 from orchestrator.cache import Cached, cached_model
+from orchestrator.datasets import Dataset
+from orchestrator.datasets.images import resize_uint8
+from orchestrator.diffusion.images import to_signed
+from orchestrator.diffusion.sampling import alphas_cumprod, noise_loss
+from orchestrator.diffusion.unet import build_class_unet
+from orchestrator.forget import UnlearnData
+from orchestrator.models import build_model
+from orchestrator.tasks.class_erasure.config import ClassifierRecipe, GeneratorRecipe
+from orchestrator.tasks.class_erasure.data import drop_labels
 from orchestrator.training import accuracy, check_finite, cycle, shuffled, to_float, train_classifier
 
 GENERATOR_CODE_VERSION = 1  # bump when train_generator changes what a recipe produces
 CLASSIFIER_CODE_VERSION = 1
-
-
-def to_signed(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1] (the generator's pixel range)."""
-    return x.float().div(127.5).sub(1.0)
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 # ----------------------------------------------------------------------------- classifier

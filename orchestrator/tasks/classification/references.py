@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from orchestrator.cache import Cached, cached_model
-from orchestrator.config import RunConfig
-from orchestrator.data import Dataset, UnlearnData
-from orchestrator.evaluation import evaluate
+from orchestrator.tasks.classification.config import RunConfig
+from orchestrator.datasets import Dataset
+from orchestrator.tasks.classification.evaluation import evaluate
+from orchestrator.forget import UnlearnData
 from orchestrator.models import build_model, load_weights, model_source, read_state_dict, state_digest
 from orchestrator.training import to_float, train_classifier
 

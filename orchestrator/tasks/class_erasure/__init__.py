@@ -1,0 +1,1 @@
+"""Class erasure: a class-conditional diffusion generator on labelled images forgets one class."""

@@ -1,0 +1,1 @@
+"""Classification: a classifier forgets part of its training set (class-wise, random, mislabeled, a deletion list)."""

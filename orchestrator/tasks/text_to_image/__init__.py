@@ -1,0 +1,1 @@
+"""Text-to-image: a local Stable Diffusion pipeline forgets a concept named by prompts."""
