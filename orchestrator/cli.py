@@ -176,7 +176,8 @@ def build_parser(task_name: str = "classification", method_name: str | None = No
     sub = parser.add_subparsers(dest="command", required=True)
     selectors = argparse.ArgumentParser(add_help=False)
     selectors.add_argument("--task", choices=list_tasks(), default="classification",
-                           help="classifier unlearning, or class/concept erasure from a diffusion model")
+                           help="classifier unlearning, class erasure from a diffusion model, or concept erasure "
+                                "from a text-to-image pipeline")
 
     p = sub.add_parser("train", parents=[selectors], help="train (or load from cache) the reference models")
     add_run_flags(p, task)
