@@ -37,6 +37,7 @@ class Cached:
     model: nn.Module
     path: Path
     meta: dict
+    built: bool = False  # trained (or loaded from the user's weights) by this call, not found in the cache
 
     def metrics(self, key: dict, compute: Callable[[], dict], extra_files: tuple[str, ...] = ()) -> dict:
         """``compute()``'s metrics of this model, cached per ``key`` (an evaluation setting).
@@ -83,7 +84,7 @@ def save_checkpoint(kind: str, entry: Path, model: nn.Module, meta: dict) -> dic
     atomic_write_json(entry / MANIFEST, meta)
     if os.environ.get(BUILD_LOG_ENV):
         with open(os.environ[BUILD_LOG_ENV], "a") as log:
-            log.write(f"{kind} {entry.name}\n")
+            log.write(f"{kind} {entry.name} pid={os.getpid()}\n")  # the pid: which process trained it
     return meta
 
 
@@ -111,4 +112,4 @@ def cached_model(
             stale.unlink()
         info = train(model)
         meta = save_checkpoint(kind, entry, model, {"spec": spec, "info": info})
-    return Cached(kind, model.eval(), entry, meta)
+    return Cached(kind, model.eval(), entry, meta, built=True)

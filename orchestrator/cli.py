@@ -117,21 +117,16 @@ def cmd_frontier(args) -> int:
 def cmd_pick(args) -> int:
     from orchestrator.storage import atomic_write_json
     from orchestrator.sweep.frontier_table import sweep_task
-    from orchestrator.sweep.paths import SweepPaths
     from orchestrator.sweep.pick import pick
 
     if args.json and not Path(args.json).parent.exists():
         raise UserError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
     store = _storage(args)
     store.pull_results(args.name)
-    paths = SweepPaths(store.root, args.name)
-    references = paths.rel(paths.references)
-    intact = store.pull_references(references, verify_store=False)
-    chosen, table = pick(store.root, args.name, args.rule, args.where or [], alias=args.alias,
+    chosen, table = pick(store, args.name, args.rule, args.where or [], alias=args.alias,
                          model_name=args.model_name, tracking_uri=args.tracking_uri,
                          frontier_only=args.frontier_only, validate_seeds=args.validate_seeds,
-                         progress=not args.no_progress, method=args.pick_method)
-    store.push_references(references, intact)  # the held-out seeds' references, for the next pick
+                         progress=not args.no_progress, method=args.pick_method, address=args.address)
     print(f"trial {chosen['trial_id']}: {json.dumps(chosen['config'])}")
     print(table)
     validation = chosen["validation"]
@@ -227,6 +222,8 @@ def build_parser(task_name: str = "classification", method_name: str | None = No
     p.add_argument("--validate-seeds", type=int, default=5,
                    help="re-run the pick on N seeds the search never used before registering (0 skips)")
     p.add_argument("--json", default=None, help="write the pick and its validation here")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster the held-out seeds run on: auto | ray://HOST:10001 | HOST:6379 (default: local)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--storage", default="runs", help=storage_help)
     p.add_argument("--tracking-uri", default=None)

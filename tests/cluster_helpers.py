@@ -6,7 +6,7 @@
   share: a plain `ray.init()` elsewhere must not join (or lose) a test cluster.
 - `mlflow_server`: `mlflow server` with a sqlite store and proxied artifacts on a free port.
 - `s3_server`: moto's S3 server on a free port, with the AWS variables a user would export.
-- `sweep_process`: `scissorhands sweep ...` as a subprocess, like a user on a cluster's head.
+- `sweep_process`: `scissorhands sweep ...` (or `pick ...`) as a subprocess, like a user on a cluster's head.
 
 Every context manager stops what it started on exit, also when the test fails.
 """
@@ -229,15 +229,16 @@ def s3_server(root: Path):
 
 # ----------------------------------------------------------------------------- the sweep
 class SweepProcess:
-    """`python -m orchestrator.cli sweep ...` in the background; `wait()` returns its exit code."""
+    """`python -m orchestrator.cli sweep ...` (or another ``command``) in the background;
+    `wait()` returns its exit code."""
 
-    def __init__(self, args: list[str], log: Path, env: dict | None = None):
+    def __init__(self, args: list[str], log: Path, env: dict | None = None, command: str = "sweep"):
         env = {**os.environ, **RAY_ENV, **(env or {})}
         for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):  # only the flags decide where it goes
             env.pop(var, None)
         self.log_path = Path(log)
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", command, *args],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                      start_new_session=True)
 
@@ -260,8 +261,8 @@ class SweepProcess:
 
 
 @contextlib.contextmanager
-def sweep_process(args: list[str], log: Path, env: dict | None = None):
-    sweep = SweepProcess(args, log, env)
+def sweep_process(args: list[str], log: Path, env: dict | None = None, command: str = "sweep"):
+    sweep = SweepProcess(args, log, env, command)
     try:
         yield sweep
     finally:

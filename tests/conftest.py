@@ -54,9 +54,8 @@ def shared_cache(tmp_path_factory):
 def tiny_references(shared_cache):
     """The shared cache with the tiny recipe's references (class 3) for seeds 0-6 built: the
     search seeds and the held-out seeds of the tests' picks."""
-    from orchestrator.sweep.references import build_references
-    from tests.measured import tiny_space_spec
+    from tests.measured import build_references_here, tiny_space_spec
     from tests.spaces import PICK
 
-    build_references(tiny_space_spec(seeds="[0, 1, 2, 3, 4, 5, 6]", **PICK), shared_cache, progress=False)
+    build_references_here(tiny_space_spec(seeds="[0, 1, 2, 3, 4, 5, 6]", **PICK), shared_cache)
     return shared_cache

@@ -115,6 +115,13 @@ def tiny_space_spec(**options):
         return load_spec(path)
 
 
+def build_references_here(spec, cache: Path) -> None:
+    """Every reference of ``spec``'s seeds, trained in this process (test fixtures prepare a
+    cache before a sweep; a sweep builds them as Ray tasks)."""
+    for seed in spec.seeds:
+        spec.task_contract.build_references(spec.run_config({}, seed), cache, progress=False)
+
+
 def tiny_space_run(seed: int, cache: Path, point: dict, on_epoch=None, **options):
     from orchestrator.trial import run_unlearning
 

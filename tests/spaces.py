@@ -21,7 +21,7 @@ trials: {trials}
 seeds: {seeds}
 resources: {{cpu: 1}}
 max_concurrent: {concurrent}
-"""
+{extra}"""
 
 OBJECTIVES = (("gap_UA", "min"), ("RA", "max"), ("RTE_s", "min"))
 
@@ -36,7 +36,7 @@ PICK = {"model": TINY_YAML, "epochs": 2, "trim": "{type: loguniform, low: 0.005,
 def tiny_space(name: str = "tiny", trials: int = 4, concurrent: int = 2, seeds: str = "[0]",
                lr: str = "{type: loguniform, low: 0.002, high: 0.02}", objectives=OBJECTIVES,
                model: str = MACHINERY, epochs: int = 1,
-               trim: str = "{type: loguniform, low: 0.005, high: 0.05}") -> str:
+               trim: str = "{type: loguniform, low: 0.005, high: 0.05}", extra: str = "") -> str:
     lines = "\n".join(f"  - {{metric: {m}, direction: {d}}}" for m, d in objectives)
     return TINY_SPACE.format(name=name, trials=trials, concurrent=concurrent, seeds=seeds, lr=lr, objectives=lines,
-                             model=model, epochs=epochs, trim=trim)
+                             model=model, epochs=epochs, trim=trim, extra=extra)

@@ -12,6 +12,7 @@ sweeps of 4 trials, two clusters, one MLflow server), most of it training under 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.measured import as_in_a_trial
+from tests.measured import as_in_a_trial, build_references_here
 from cluster_helpers import (
     FAST_NODE_DEATH,
     NodeKiller,
@@ -53,16 +54,15 @@ def _booting_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_references(tmp_path_factory, _booting_server):
     """Original + retrain of the tiny spec, trained once (cache entries are content-hashed,
-    so a copy under any sweep's references/ is a cache hit and the sweep skips training).
+    so a copy as a storage's references/ is a cache hit and the sweep skips training).
     Requests the server only so that it boots while the references train."""
     from orchestrator.sweep.spec import load_spec
-    from orchestrator.sweep.references import build_references
 
     root = tmp_path_factory.mktemp("tiny-references")
     space = root / "tiny.yaml"
     space.write_text(tiny_spec("refs", TRIALS))
     started = time.monotonic()
-    build_references(load_spec(space), root / "cache", progress=False)
+    build_references_here(load_spec(space), root / "cache")
     print(f"\nreferences built in {time.monotonic() - started:.1f} s")
     return root / "cache"
 
@@ -76,7 +76,7 @@ def tracking_server(_booting_server, tiny_references) -> str:
 def _prepare(storage: Path, name: str, references: Path) -> Path:
     space = storage.parent / f"{name}.yaml"
     space.write_text(tiny_spec(name, TRIALS))
-    shutil.copytree(references, storage / name / "references")
+    shutil.copytree(references, storage / "references")
     return space
 
 
@@ -123,14 +123,19 @@ class Sweep:
 
 
 @pytest.fixture(scope="module")
-def spread_sweep(tmp_path_factory, tracking_server, tiny_references):
-    """A 4-trial sweep on head (0 CPUs) + two 1-CPU workers, logging to the MLflow server."""
+def spread_sweep(tmp_path_factory, tracking_server):
+    """A 4-trial sweep on head (0 CPUs) + two 1-CPU workers, logging to the MLflow server, with
+    nothing in its storage (its references are built by Ray tasks on the workers), then
+    ``pick --address`` on the same cluster (held-out seeds 1-2). The build log names the
+    process that trained each model."""
     tmp = tmp_path_factory.mktemp("spread")
     storage, name = tmp / "storage", "spread"
-    space = _prepare(storage, name, tiny_references)
+    space = tmp / f"{name}.yaml"
+    space.write_text(tiny_spec(name, TRIALS))
+    build_log = tmp / "builds.log"
     workers = [{"num_cpus": 1, "resources": {"worker_a": 1}}, {"num_cpus": 1, "resources": {"worker_b": 1}}]
     started = time.monotonic()
-    with local_cluster(workers, head_cpus=0) as (cluster, nodes):
+    with _env(SCISSORHANDS_BUILD_LOG=str(build_log)), local_cluster(workers, head_cpus=0) as (cluster, nodes):
         labels = {node_id(n): label for n, label in zip(nodes, ("worker_a", "worker_b"))}
         head = node_id(cluster.head_node)
         assert cluster.address.startswith("127.0.0.1:"), cluster.address
@@ -139,11 +144,44 @@ def spread_sweep(tmp_path_factory, tracking_server, tiny_references):
         with sweep_process(_sweep_args(space, storage, cluster.address, tracking_server), tmp / "sweep.log") as sweep:
             rc = sweep.wait(SWEEP_TIMEOUT)
             assert rc == 0, sweep.output()
+            drivers = {"sweep": sweep.proc.pid}
+        swept = _builds(build_log)
         done = time.monotonic()
-    print(f"\ncluster up in {up - started:.1f} s, sweep {done - up:.1f} s, shutdown {time.monotonic() - done:.1f} s")
+        pick_args = [name, "--storage", str(storage), "--address", cluster.address, "--tracking-uri", tracking_server,
+                     "--rule", "max-RA", "--validate-seeds", "2", "--json", str(tmp / "pick.json")]
+        with sweep_process(pick_args, tmp / "pick.log", command="pick") as pick:
+            assert pick.wait(SWEEP_TIMEOUT) == 0, pick.output()
+            drivers["pick"] = pick.proc.pid
+        picked = time.monotonic()
+    print(f"\ncluster up in {up - started:.1f} s, sweep {done - up:.1f} s, pick {picked - done:.1f} s, "
+          f"shutdown {time.monotonic() - picked:.1f} s")
     result = Sweep(storage, name, tracking_server)
-    result.labels, result.head = labels, head
+    result.labels, result.head, result.drivers = labels, head, drivers
+    result.builds = {"sweep": swept, "pick": _builds(build_log)[len(swept):]}
+    result.pick = json.loads((tmp / "pick.json").read_text())
+    result.logs = {"sweep": (tmp / "sweep.log").read_text(), "pick": (tmp / "pick.log").read_text()}
     return result
+
+
+@contextlib.contextmanager
+def _env(**values):
+    """Environment variables for the processes started inside (the nodes' workers inherit them)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _builds(log: Path) -> list[tuple[str, int]]:
+    """(role, pid) of each model trained, from the build log."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [(line.split()[0], int(line.split("pid=")[1])) for line in lines]
 
 
 # ----------------------------------------------------------------------------- spread over nodes
@@ -252,6 +290,34 @@ def test_the_driver_waits_for_a_node_that_fits_and_goes_on_when_one_joins(tmp_pa
         waited = time.monotonic() - started
     assert "node" in joined and joined["at"] - started >= 3.0
     assert 3.0 <= waited < 60, waited
+
+
+# ----------------------------------------------------------------------------- the heavy work on workers
+def test_references_and_validation_ran_on_worker_nodes_and_the_drivers_trained_nothing(spread_sweep):
+    """Every reference (the sweep's and the held-out seeds') and every validation run was a Ray
+    task on a worker node, recorded with its node id; neither driver process trained a model."""
+    on_workers, swept, picked = set(spread_sweep.labels), spread_sweep.builds["sweep"], spread_sweep.builds["pick"]
+    # The sweep: the original and retrain of seed 0, trained by worker processes, not the driver.
+    assert sorted(role for role, _ in swept) == ["original", "retrain"]
+    assert spread_sweep.drivers["sweep"] not in {pid for _, pid in swept}
+    refs = spread_sweep.summary["references"]
+    assert sorted((r["seed"], r["role"], r["built"]) for r in refs) == [(0, "original", True), (0, "retrain", True)]
+    assert {r["node_id"] for r in refs} <= on_workers
+    assert {r["pid"] for r in refs} == {pid for _, pid in swept}
+    tags = spread_sweep.parent.data.tags
+    assert {tags[f"reference.seed0.{role}.node_id"] for role in ("original", "retrain")} <= on_workers
+    assert "reference original seed 0: trained in" in spread_sweep.logs["sweep"]
+
+    # pick: the held-out seeds 1 and 2, their references and runs, on workers too.
+    assert sorted(role for role, _ in picked) == ["original", "original", "retrain", "retrain"]
+    assert spread_sweep.drivers["pick"] not in {pid for _, pid in picked}
+    work = spread_sweep.pick["validation"]["work"]
+    assert sorted((w["what"], w["seed"]) for w in work) == [
+        ("reference original", 1), ("reference original", 2), ("reference retrain", 1), ("reference retrain", 2),
+        ("unlearning run", 1), ("unlearning run", 2)]
+    assert {w["node_id"] for w in work} <= on_workers
+    assert spread_sweep.drivers["pick"] not in {w["pid"] for w in work}
+    assert "held-out seed 1:" in spread_sweep.logs["pick"]
 
 
 # ----------------------------------------------------------------------------- fault tolerance

@@ -168,7 +168,7 @@ class RetainFinetune(Method):
     tasks = ("classification",)
     config_class = ToyConfig
 
-    def unlearn(self, model, data, cfg, generator, *, on_epoch, backend):
+    def unlearn(self, model, data, cfg, generator, *, on_epoch, backend, shared):
         def loss(batch):
             x, y = batch
             value = F.cross_entropy(model(to_float(x)), y)

@@ -59,7 +59,7 @@ def test_sweep_in_a_bucket_resumes_on_a_fresh_machine_and_rebuilds_a_corrupt_ref
         assert 1 <= len(before) < 4, "every finished trial is in the bucket's table, whole"
 
         # The bucket's copy of a reference gets corrupted: same size, other bytes.
-        (weights,) = [k for k in stored_keys(s3, f"{NAME}/references/original-") if k.endswith("/model.pt")]
+        (weights,) = [k for k in stored_keys(s3, "references/original-") if k.endswith("/model.pt")]
         size = len(s3.client().get_object(Bucket=BUCKET, Key=weights)["Body"].read())
         s3.client().put_object(Bucket=BUCKET, Key=weights, Body=b"\0" * size)
 

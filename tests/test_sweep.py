@@ -47,9 +47,10 @@ def child_runs(storage, name):
 @pytest.mark.slow
 def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, capsys, monkeypatch, tiny_references):
     storage = tmp_path / "runs"
-    shutil.copytree(tiny_references, storage / "tiny" / "references")  # content-keyed: a cache hit, nothing trained
-    assert main(["sweep", write_space(tmp_path, seeds="[0, 1]", **PICK), "--storage", str(storage),
-                 "--no-progress"]) == 0
+    shutil.copytree(tiny_references, storage / "references")  # content-keyed: a cache hit, nothing trained
+    # Each trial runs its two seeds at once (two bundles, one trial at a time: both CPUs busy).
+    assert main(["sweep", write_space(tmp_path, seeds="[0, 1]", concurrent=1, extra="parallel_seeds: 2\n", **PICK),
+                 "--storage", str(storage), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "on the frontier" in out and "frontier.png" in out
 
@@ -78,6 +79,15 @@ def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, ca
         for seed in (0, 1):
             history = client.get_metric_history(child.info.run_id, f"loss_retain/seed{seed}")
             assert len(history) == 2  # two repair epochs
+    # The second seed ran in a child task of the trial, beside the first, with its serial figures.
+    spans = []
+    for child in children:
+        tags = child.data.tags
+        assert tags["seed0.pid"] != tags["seed1.pid"]
+        spans.append([(float(tags[f"seed{s}.started"]), float(tags[f"seed{s}.finished"])) for s in (0, 1)])
+    # A child's first task waits for its worker to start and import torch: the trials after the
+    # first find one running.
+    assert any(max(a for a, _ in seeds) < min(b for _, b in seeds) for seeds in spans), spans
     by_run = {c.info.run_id: c.data.tags["pareto"] for c in children}
     for row in df.itertuples():
         assert by_run[row.mlflow_run_id] == ("true" if row.pareto else "false")
@@ -128,6 +138,15 @@ def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, ca
     with as_in_a_trial():
         ta = top1_accuracy(predict_proba(model.eval(), data.test_set()[0]), data.test_set()[1])
     assert round(ta, 4) == client.get_run(best["mlflow_run_id"]).data.metrics["TA/seed0"]  # reports carry 4 decimals
+    from orchestrator.sweep.seed_runs import run_seed
+
+    with as_in_a_trial():  # the child task's seed, run alone here: the same figures
+        alone = run_seed(spec, {"trim_ratio": best["config.trim_ratio"], "lr": best["config.lr"]}, 1,
+                         storage / "references", build=False)
+    logged = client.get_run(best["mlflow_run_id"]).data.metrics
+    figures = [k for k in alone.metrics if k != spec.task_contract.time_metric]  # all but the seconds
+    assert {k: logged[f"{k}/seed1"] for k in figures} == pytest.approx({k: alone.metrics[k] for k in figures},
+                                                                        abs=1e-9)
     assert main(["pick", "tiny", "--storage", str(storage), "--rule", "best"]) == 2
     assert "expected min-METRIC or max-METRIC" in capsys.readouterr().err
 
@@ -200,7 +219,7 @@ def test_failed_and_pruned_trials_are_recorded_and_the_sweep_completes(tmp_path,
     space = tmp_path / "faulty.yaml"
     space.write_text(FAULTY)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tracking}")
-    shutil.copytree(tiny_references, storage / "faulty-run" / "references")
+    shutil.copytree(tiny_references, storage / "references")
     assert main(["sweep", str(space), "--storage", str(storage), "--trials", "3", "--name", "faulty-run",
                  "--no-progress"]) == 0
     assert not (storage / "faulty" / "results.parquet").exists() and not (storage / "mlflow.db").exists()
@@ -223,6 +242,71 @@ def test_failed_and_pruned_trials_are_recorded_and_the_sweep_completes(tmp_path,
     assert sorted(r.info.status for r in children) == ["FAILED", "FAILED", "FINISHED"]
     assert sorted(r.data.tags.get("error", "")[:7] for r in children if r.info.status == "FAILED") == [
         "loss be", "pruned:"]
+    # The searcher saw them as failed trials, not as penalty values.
+    states = {trial_id: (t.state.name, t.values) for trial_id, t in study_trials(storage / "faulty-run" / "tune")}
+    by_id = {row.trial_id: row.status for row in df.itertuples()}
+    assert {by_id[t]: state for t, state in states.items()} == {"ok": ("COMPLETE", states[_ok(df)][1]),
+                                                               "failed": ("FAIL", None), "pruned": ("FAIL", None)}
+
+
+def _ok(df) -> str:
+    return df.loc[df["status"] == "ok", "trial_id"].item()
+
+
+def study_trials(tune_dir: Path):
+    """(Tune trial id, Optuna trial) of the sweep's study, restored from Tune's searcher state."""
+    from orchestrator.sweep.racing import SweepSearch
+
+    searcher = SweepSearch()
+    searcher.restore_from_dir(str(tune_dir))
+    by_number = {t.number: t for t in searcher._ot_study.trials}
+    return [(trial_id, by_number[ot.number]) for trial_id, ot in searcher._ot_trials.items()]
+
+
+# Racing: a configuration that leaves the model as it was (a 0.001% cut at lr 1e-5, no forget
+# term) still recognises the forget class after its first seed (gap_UA ~43-99 on seeds 0-1 in
+# the runs written while making this test), while the healthy one forgets it on every seed
+# (gap_UA 0, 0): one objective, so "beaten in every objective by more than the spread" is this.
+RACING = f"""\
+name: racing
+forget: class:3
+{TINY_YAML}
+fixed: {{epochs: 1}}
+search:
+  trim_ratio: {{type: loguniform, low: 0.00001, high: 0.05}}
+  lr: {{type: loguniform, low: 0.00001, high: 0.01}}
+  forget_weight: {{type: uniform, low: 0.0, high: 0.1}}
+start: [{{trim_ratio: 0.01, lr: 0.005, forget_weight: 0.05}}, {{trim_ratio: 0.00001, lr: 0.00001, forget_weight: 0.0}}]
+objectives: [{{metric: gap_UA, direction: min}}]
+racing: {{margin: 1.0, min_trials: 1}}
+trials: 2
+seeds: [0, 1]
+resources: {{cpu: 1}}
+max_concurrent: 1
+"""
+
+
+@pytest.mark.slow
+def test_racing_stops_a_dominated_configuration_after_its_first_seed(tmp_path, no_ray, tiny_references):
+    storage = tmp_path / "runs"
+    space = tmp_path / "racing.yaml"
+    space.write_text(RACING)
+    shutil.copytree(tiny_references, storage / "references")
+    assert main(["sweep", str(space), "--storage", str(storage), "--no-progress"]) == 0
+    df = ResultsTable(storage / "racing" / "results.parquet").read().set_index("config.lr")
+    assert df.loc[0.005, "status"] == "ok" and df.loc[0.005, "seeds_done"] == 2
+    assert df.loc[0.00001, "status"] == "raced" and df.loc[0.00001, "seeds_done"] == 1
+    assert df.loc[0.00001, "gap_UA"] > df.loc[0.005, "gap_UA"] + df.loc[0.005, "gap_UA_std"]
+    assert not df["pareto"].astype(bool).loc[0.00001], "a raced trial is never on the frontier"
+    summary = json.loads((storage / "racing" / "summary.json").read_text())
+    assert summary["racing"]["raced_trials"] == 1 and summary["racing"]["seed_runs_saved"] == 1
+    assert summary["racing"]["seed_runs_run"] == 3 and summary["racing"]["seconds_saved"] > 0
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    raced = client.get_run(df.loc[0.00001, "mlflow_run_id"])
+    assert raced.info.status == "KILLED" and raced.data.tags["raced_after_seeds"] == "1"
+    assert "UA/seed0" in raced.data.metrics and "UA/seed1" not in raced.data.metrics
+    states = {t.params["lr"]: t.state.name for _, t in study_trials(storage / "racing" / "tune")}
+    assert states == {0.005: "COMPLETE", 0.00001: "PRUNED"}
 
 
 @pytest.mark.slow

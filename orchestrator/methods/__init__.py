@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar
 from torch import nn
 
 from orchestrator.errors import UserError
+from orchestrator.methods.shared_work import SharedWork
 from orchestrator.registry import Registry
 
 # name -> "module:attribute" of its Method instance, imported on first use
@@ -77,20 +78,26 @@ class Method(ABC):
         return {}
 
     def run(self, model: nn.Module, data: Any, cfg: Any, generator: Any, *,
-            on_epoch: Callable[[dict], None] | None = None, backend: str | None = None) -> MethodResult:
+            on_epoch: Callable[[dict], None] | None = None, backend: str | None = None,
+            shared: SharedWork | None = None) -> MethodResult:
         """Validate ``cfg``, unlearn in place (seeded by ``generator`` only), time it (the RTE) and
-        leave the model in eval mode."""
+        leave the model in eval mode. ``shared``: where work that does not depend on the searched
+        knobs is kept (None: computed every time). The RTE counts that work whether it was
+        computed or found: it is what the method costs on its own."""
         cfg.validate()
+        shared = shared or SharedWork()
         start = time.perf_counter()
-        history, stats = self.unlearn(model, data, cfg, generator, on_epoch=on_epoch, backend=backend)
-        seconds = time.perf_counter() - start
-        return MethodResult(model.eval(), seconds, history, stats)
+        history, stats = self.unlearn(model, data, cfg, generator, on_epoch=on_epoch, backend=backend, shared=shared)
+        seconds = time.perf_counter() - start + shared.seconds_saved
+        return MethodResult(model.eval(), seconds, history, {**stats, **shared.stats()})
 
     @abstractmethod
     def unlearn(self, model: nn.Module, data: Any, cfg: Any, generator: Any, *,
-                on_epoch: Callable[[dict], None] | None, backend: str | None) -> tuple[list[dict], dict]:
+                on_epoch: Callable[[dict], None] | None, backend: str | None,
+                shared: SharedWork) -> tuple[list[dict], dict]:
         """The method itself: change ``model`` in place; return the per-epoch records (each also
-        passed to ``on_epoch``) and statistics of what it changed."""
+        passed to ``on_epoch``) and statistics of what it changed. Work that depends only on the
+        model, the data, the generator and a few knobs goes through ``shared``."""
 
 
 def tuples(d: dict) -> dict:

@@ -32,7 +32,7 @@ class RandomLabel(Method):
     tasks = ("classification",)
     config_class = RandomLabelConfig
 
-    def unlearn(self, model, data, cfg, generator, *, on_epoch, backend):
+    def unlearn(self, model, data, cfg, generator, *, on_epoch, backend, shared):
         x, y = relabelled(data, generator)
         history = fine_tune(model, x, y, cfg, generator, natural=data.dataset.natural_images, on="relabelled",
                             on_epoch=on_epoch, where="random-label fine-tuning")

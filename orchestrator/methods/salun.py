@@ -17,6 +17,7 @@ import kernels
 from orchestrator.errors import need_field
 from orchestrator.methods import Method
 from orchestrator.methods.random_label import relabelled
+from orchestrator.methods.shared_work import SharedWork
 from orchestrator.methods.shared import SGDKnobs, cross_entropy, fine_tune
 from orchestrator.training import batches
 
@@ -32,14 +33,23 @@ class SalUnConfig(SGDKnobs):
         need_field(0 < self.mask_ratio <= 1, self, "mask_ratio", "must be in (0, 1]")
 
 
-def saliency_masks(model, data, cfg: SalUnConfig, generator: torch.Generator, backend: str | None):
-    """Boolean masks (per parameter) of the most salient entries for forgetting."""
-    model.eval()
+def forget_gradients(model, data, cfg: SalUnConfig, generator: torch.Generator) -> list[torch.Tensor]:
+    """sum over D_f batches of dL_f/dtheta, per parameter."""
     params = list(model.parameters())
     grad_sums = [torch.zeros_like(p) for p in params]
     for x, y in batches(data.x_forget, data.y_forget, cfg.batch_size, generator):
         loss, _ = cross_entropy(model, x, y, data.dataset.natural_images, generator)
         torch._foreach_add_(grad_sums, torch.autograd.grad(loss, params))
+    return grad_sums
+
+
+def saliency_masks(model, data, cfg: SalUnConfig, generator: torch.Generator, backend: str | None,
+                   shared: SharedWork):
+    """Boolean masks (per parameter) of the most salient entries for forgetting."""
+    model.eval()
+    params = list(model.parameters())
+    grad_sums = shared("forget_gradients", {"batch_size": cfg.batch_size},
+                       lambda: forget_gradients(model, data, cfg, generator), model=model, generator=generator)
     total = sum(p.numel() for p in params)
     n_select = min(total, max(1, round(cfg.mask_ratio * total)))
     with torch.no_grad():
@@ -52,8 +62,8 @@ class SalUn(Method):
     tasks = ("classification",)
     config_class = SalUnConfig
 
-    def unlearn(self, model, data, cfg, generator, *, on_epoch, backend):
-        masks = saliency_masks(model, data, cfg, generator, backend)
+    def unlearn(self, model, data, cfg, generator, *, on_epoch, backend, shared):
+        masks = saliency_masks(model, data, cfg, generator, backend, shared)
         params = list(model.parameters())
 
         def masked(step: int, batch) -> dict[str, float]:

@@ -23,6 +23,7 @@ import kernels
 from orchestrator.errors import UserError, need_field, need_positive_ints, need_sgd
 from orchestrator.forget import UnlearnData
 from orchestrator.methods import Method
+from orchestrator.methods.shared_work import SharedWork
 from orchestrator.methods.shared import GradientProjection, init_specs, matching, repair_loop
 from orchestrator.models import late_layers
 from orchestrator.training import augment, batches
@@ -169,12 +170,15 @@ class Scissorhands(Method):
         return layer_selection(model, cfg)
 
     def unlearn(self, model: nn.Module, data: UnlearnData, cfg: ScissorhandsConfig, generator: torch.Generator, *,
-                on_epoch: Callable[[dict], None] | None, backend: str | None) -> tuple[list[dict], dict]:
+                on_epoch: Callable[[dict], None] | None, backend: str | None,
+                shared: SharedWork) -> tuple[list[dict], dict]:
         natural = data.dataset.natural_images
         xf, yf, xr, yr = data.x_forget, data.y_forget, data.x_retain, data.y_retain
         layers = late_layers(model)
         projected = self.layers(model, cfg)["project"]  # checks every pattern before any work
-        grad_sums = sensitivity(model, data, cfg, generator, backend)
+        scoring = {k: getattr(cfg, k) for k in ("score_batches", "score_batch_size", "score_bn_mode")}
+        grad_sums = shared("sensitivity", scoring, lambda: sensitivity(model, data, cfg, generator, backend),
+                           model=model, generator=generator)
         threshold, trimmed = trim(model, grad_sums, cfg, layers, generator, backend)
         del grad_sums
 

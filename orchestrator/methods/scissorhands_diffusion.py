@@ -34,6 +34,7 @@ import kernels
 from orchestrator.diffusion.sampling import draw_noise, noise_loss, q_sample
 from orchestrator.diffusion.unet import TRIM_PRESETS, select_parameters
 from orchestrator.errors import FieldError, need_field, need_positive_ints
+from orchestrator.methods.shared_work import SharedWork
 from orchestrator.methods import Method
 from orchestrator.methods.shared import GradientProjection, init_specs, repair_loop
 
@@ -154,7 +155,7 @@ class ScissorhandsDiffusion(Method):
 
     def unlearn(self, model: nn.Module, data: DiffusionData, cfg: ScissorhandsDiffusionConfig,
                 generator: torch.Generator, *, on_epoch: Callable[[dict], None] | None,
-                backend: str | None) -> tuple[list[dict], dict]:
+                backend: str | None, shared: SharedWork) -> tuple[list[dict], dict]:
         """``generator`` (CPU) drives batches, timesteps and noise; the fresh values of trimmed
         entries come from a generator on the UNet's device seeded with its seed + 1."""
         unet, task = model, data

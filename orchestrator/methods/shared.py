@@ -200,7 +200,7 @@ class OneSetFineTuning(Method):
     def penalty(self, model: nn.Module, cfg: Any) -> Callable[[int], torch.Tensor | float] | None:
         return None
 
-    def unlearn(self, model, data, cfg, generator, *, on_epoch, backend):
+    def unlearn(self, model, data, cfg, generator, *, on_epoch, backend, shared):
         x, y = (data.x_retain, data.y_retain) if self.on == "retain" else (data.x_forget, data.y_forget)
         history = fine_tune(model, x, y, cfg, generator, natural=data.dataset.natural_images, on=self.on,
                             sign=self.sign, penalty=self.penalty(model, cfg), on_epoch=on_epoch, where=self.name)

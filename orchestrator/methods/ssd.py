@@ -50,11 +50,16 @@ class SSD(Method):
     tasks = ("classification",)
     config_class = SSDConfig
 
-    def unlearn(self, model, data, cfg, generator, *, on_epoch, backend):
+    def unlearn(self, model, data, cfg, generator, *, on_epoch, backend, shared):
         model.eval()
         natural, ds = data.dataset.natural_images, data.dataset
-        imp_forget = importance(model, data.x_forget, data.y_forget, cfg, natural, generator, backend)
-        imp_all = importance(model, ds.x_train, ds.y_train, cfg, natural, generator, backend)
+        def both() -> list[torch.Tensor]:
+            return [*importance(model, data.x_forget, data.y_forget, cfg, natural, generator, backend),
+                    *importance(model, ds.x_train, ds.y_train, cfg, natural, generator, backend)]
+
+        imps = shared("importance", {"batch_size": cfg.batch_size}, both, model=model, generator=generator)
+        n = len(imps) // 2
+        imp_forget, imp_all = imps[:n], imps[n:]
         dampened = 0
         with torch.no_grad():
             for p, f, d in zip(model.parameters(), imp_forget, imp_all):

@@ -10,11 +10,14 @@ from ray.tune import Callback
 
 from orchestrator.stats import PAIRED_KEYS, STAT_SUFFIXES
 from orchestrator.sweep.pareto import pareto_mask
+from orchestrator.sweep.racing import PARTIAL
 from orchestrator.sweep.results import ResultsTable
 from orchestrator.sweep.spec import SweepSpec
 from orchestrator.sweep.store import SweepStore
 
-REPORTED_EXTRA = {"status", "error", "mlflow_run_id", "node_ip", "node_id"}
+REPORTED_EXTRA = {"status", "error", "mlflow_run_id", "node_ip", "node_id", "seeds_done", "seconds",
+                  "shared_seconds_saved"}
+RACED = "raced"  # a trial's status in the table when racing stopped it after some of its seeds
 
 
 class ResultsCallback(Callback):
@@ -22,8 +25,8 @@ class ResultsCallback(Callback):
     (a bucket gets the whole object). Pickled with the experiment, so a resumed sweep keeps
     writing the same table, on whichever machine resumes it."""
 
-    def __init__(self, spec: SweepSpec, store: SweepStore, rel: str):
-        self.spec, self.store, self.rel = spec, store, rel
+    def __init__(self, spec: SweepSpec, store: SweepStore, rel: str, tracking_uri: str):
+        self.spec, self.store, self.rel, self.tracking_uri = spec, store, rel, tracking_uri
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._record(trial, trial.last_result or {}, None)
@@ -35,17 +38,30 @@ class ResultsCallback(Callback):
         task = self.spec.task_contract
         metric_keys = {*task.metrics, *task.baseline_metrics}
         row = {"trial_id": trial.trial_id, "method": self.spec.method_contract.name, "config": dict(trial.config)}
-        # A failed or pruned trial reports PENALTY to the searcher only: its table row has no metrics.
-        measured = result.get("status") == "ok"
+        # A failed or pruned trial has no metrics; a raced one keeps the running means of its
+        # first seeds (``seeds_done`` says how many), never compared with complete trials.
+        measured = result.get("status") in ("ok", PARTIAL)
         for key, value in result.items():
             if key in REPORTED_EXTRA or (measured and (base_metric(key) in metric_keys or key in PAIRED_KEYS)):
                 row[key] = value
         if error is not None:
             row.update({"status": "error", "error": error})
+        elif result.get("status") == PARTIAL:
+            row["status"] = RACED
+            self._close_raced_run(result)
         table = ResultsTable(self.store.root / self.rel)
         table.upsert([row])
         refresh_pareto(self.spec, table)
         self.store.push(self.rel)
+
+
+    def _close_raced_run(self, result: dict) -> None:
+        """Tune stopped the trial's process mid-run: its MLflow run is closed here."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.tracking_uri)
+        client.set_tag(result["mlflow_run_id"], "raced_after_seeds", str(result["seeds_done"]))
+        client.set_terminated(result["mlflow_run_id"], "KILLED")
 
 
 def base_metric(key: str) -> str:

@@ -1,9 +1,11 @@
 """Layout of a sweep under ``--storage`` (default ./runs), the one place its paths are spelled:
     <storage>/mlflow.db                    default MLflow store (sqlite), artifacts in mlartifacts/<name>/
+    <storage>/references/                  the references of every sweep here (per seed and role), each
+                                           built once by a Ray task (a reference cache, content-keyed,
+                                           ``orchestrator/cache.py``): two sweeps that need the same
+                                           reference share it; trials/<trial>/<seed>/ the trials' files
     <storage>/<name>/spec.yaml             the search space as given
     <storage>/<name>/spec.resolved.json    the validated spec (what trials, frontier and pick read)
-    <storage>/<name>/references/           the references (per seed), built once (a reference cache,
-                                           ``orchestrator/cache.py``); trials/<trial>/<seed>/ their files
     <storage>/<name>/tune/                 Ray Tune experiment state (what --resume restores);
                                            a comparison has one tune-<method>/ per method
     <storage>/<name>/results.parquet       one row per trial
@@ -22,6 +24,7 @@ MLFLOW_DB = "mlflow.db"
 MLARTIFACTS = "mlartifacts"
 SPEC_RESOLVED = "spec.resolved.json"
 TUNE = "tune"
+REFERENCES = "references"  # shared by the sweeps of one storage
 
 
 def mlflow_db(storage: str | Path) -> Path:
@@ -39,7 +42,7 @@ class SweepPaths:
         self.root = self.storage / name
         self.spec_yaml = self.root / "spec.yaml"
         self.spec_resolved = self.root / SPEC_RESOLVED
-        self.references = self.root / "references"
+        self.references = self.storage / REFERENCES
         self.results = self.root / "results.parquet"
         self.summary = self.root / "summary.json"
         self.plot = self.root / "frontier.png"  # and its .html

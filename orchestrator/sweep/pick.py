@@ -7,11 +7,11 @@ import operator
 import re
 from pathlib import Path
 
-from orchestrator.errors import DivergenceError, UserError
+from orchestrator.errors import UserError
 from orchestrator.stats import Summary, headline_pair, interval_text, paired_improvement, summarize
 from orchestrator.sweep.frontier_table import load_results
-from orchestrator.sweep.paths import SweepPaths
 from orchestrator.sweep.spec import parse_spec
+from orchestrator.sweep.store import SweepStore
 from orchestrator.sweep.tracking import default_tracking_uri
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
@@ -78,14 +78,13 @@ def held_out_seeds(search_seeds: list[int], count: int) -> list[int]:
     return list(range(first, first + count))
 
 
-def validate(spec, searched: dict, seeds: list[int], cache_dir: Path, progress: bool) -> dict:
+def validate(spec, searched: dict, seeds: list[int], location: str, progress: bool) -> dict:
     """Re-run the configuration on ``seeds`` (new forget sets, new references, new unlearning
-    randomness). A seed that diverges counts as a failure of the pick. The verdict is the
-    paired improvement of the task's headline metric over the original's: a task without one
-    cannot be validated (refused before anything runs)."""
-    from tqdm.auto import tqdm
-
-    from orchestrator.sweep.seed_runs import run_seed
+    randomness) as Ray tasks: each seed's references, then its run once they exist, on
+    whichever nodes have the resources. A seed that diverges counts as a failure of the pick.
+    The verdict is the paired improvement of the task's headline metric over the original's:
+    a task without one cannot be validated (refused before anything runs)."""
+    from orchestrator.sweep.work import describe_reference, gather, submit_references, submit_validation
 
     task = spec.task_contract
     pair = headline_pair(task)
@@ -93,15 +92,20 @@ def validate(spec, searched: dict, seeds: list[int], cache_dir: Path, progress: 
         raise UserError(f"--validate-seeds {len(seeds)}: task {task.name} has no headline metric to compare a pick "
                         "with doing nothing on held-out seeds; pass --validate-seeds 0 to register it unvalidated")
     metric, baseline = pair
-    per_seed, diverged, ran = [], [], []
-    for seed in tqdm(seeds, desc="validate on held-out seeds", unit="seed", disable=not progress):
-        try:
-            per_seed.append(run_seed(spec, searched, seed, cache_dir, build=True, progress=progress).metrics)
-            ran.append(seed)
-        except DivergenceError as exc:
-            diverged.append({"seed": seed, "error": str(exc)})
+    held_out = spec.model_copy(update={"seeds": seeds})
+    references = submit_references(held_out, location)
+    runs = {seed: submit_validation(spec, searched, seed, location, [r for s, _, r in references if s == seed])
+            for seed in seeds}
+    built = gather({(s, role): r for s, role, r in references}, describe_reference, "held-out references", progress)
+    done = gather(runs, _describe_run, "validate on held-out seeds", progress)
+    records = [done[seed] for seed in seeds]
+    per_seed = [r["metrics"] for r in records if "metrics" in r]
+    diverged = [{"seed": r["seed"], "error": r["diverged"]} for r in records if "diverged" in r]
     # Each held-out seed's own figures too: a mean hides which seed fell short.
-    out: dict = {"seeds": seeds, "diverged": diverged, "per_seed": [{"seed": s, **m} for s, m in zip(ran, per_seed)]}
+    out: dict = {"seeds": seeds, "diverged": diverged,
+                 "per_seed": [{"seed": r["seed"], **r["metrics"]} for r in records if "metrics" in r],
+                 "work": [{"what": f"reference {k[1]}", **_where(built[k])} for k in sorted(built)]
+                 + [{"what": "unlearning run", **_where(r)} for r in records]}
     keys = per_seed[0] if per_seed else {}
     out["metrics"] = {k: summarize(m[k] for m in per_seed).as_dict() for k in keys}
     for key in pair:
@@ -114,6 +118,16 @@ def validate(spec, searched: dict, seeds: list[int], cache_dir: Path, progress: 
         out["improvement"] = _interval(s.as_dict())
         out["improves_on_original"] = better and not diverged
     return out
+
+
+def _where(record: dict) -> dict:
+    return {k: record[k] for k in ("seed", "node_id", "node_ip", "pid", "seconds")}
+
+
+def _describe_run(record: dict) -> str:
+    outcome = "diverged" if "diverged" in record else "done"
+    return (f"held-out seed {record['seed']}: {outcome} in {record['seconds']:.1f} s on node "
+            f"{record['node_id'][:8]} ({record['node_ip']})")
 
 
 def _interval(s: dict) -> dict:
@@ -145,15 +159,21 @@ def side_by_side(row, validation: dict | None, metrics: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def pick(storage: Path, name: str, rule: str | None, where: list[str], *, alias: str = "champion",
+def pick(storage: str | Path | SweepStore, name: str, rule: str | None, where: list[str], *, alias: str = "champion",
          model_name: str | None = None, tracking_uri: str | None = None, frontier_only: bool = False,
-         validate_seeds: int = 5, progress: bool = True, method: str | None = None) -> tuple[dict, str]:
+         validate_seeds: int = 5, progress: bool = True, method: str | None = None,
+         address: str | None = None) -> tuple[dict, str]:
     """Returns the pick (the ``--json`` contract) and a search-vs-validation table. ``rule``
-    None: the task's :func:`default_rule`."""
+    None: the task's :func:`default_rule`. The validation runs on the Ray cluster at
+    ``address`` (None: a local Ray)."""
     from mlflow.tracking import MlflowClient
+
+    from orchestrator.sweep.work import ensure_ray
 
     if validate_seeds < 0:
         raise UserError(f"--validate-seeds {validate_seeds}: must be >= 0 (0 skips validation)")
+    store = storage if isinstance(storage, SweepStore) else SweepStore(storage)
+    storage = store.root
     df, spec_dict = load_results(storage, name)
     if method is not None:  # one method of a comparison
         methods = sorted(df["method"].dropna().unique()) if "method" in df else []
@@ -170,7 +190,8 @@ def pick(storage: Path, name: str, rule: str | None, where: list[str], *, alias:
     validation = None
     if validate_seeds:
         seeds = held_out_seeds(spec.seeds, validate_seeds)
-        validation = validate(spec, searched, seeds, SweepPaths(storage, name).references, progress)
+        ensure_ray(address)
+        validation = validate(spec, searched, seeds, store.location, progress)
 
     uri = tracking_uri or default_tracking_uri(Path(storage))
     client = MlflowClient(uri)
@@ -184,6 +205,7 @@ def pick(storage: Path, name: str, rule: str | None, where: list[str], *, alias:
         if "improvement" in validation:
             client.log_metric(run_id, "validation.improves_on_original", float(validation["improves_on_original"]))
         client.set_tag(run_id, "validation.seeds", ",".join(map(str, validation["seeds"])))
+        client.set_tag(run_id, "validation.node_ids", ",".join(sorted({w["node_id"] for w in validation["work"]})))
 
     registered = model_name or name
     if not client.search_registered_models(f"name = '{registered}'"):

@@ -1,24 +1,9 @@
-"""A sweep's references: built once for every seed before any trial (into the sweep's
-references folder, ``SweepPaths.references``), and their metrics as the plots' markers."""
+"""A sweep's references as points in objective space: the plots' markers. (They are built by
+Ray tasks, ``sweep/work.py``.)"""
 from __future__ import annotations
-
-from pathlib import Path
 
 from orchestrator.stats import summarize
 from orchestrator.sweep.spec import SweepSpec
-
-
-def build_references(spec: SweepSpec, cache_dir: Path, progress: bool) -> dict[int, dict]:
-    """Every reference of every seed, before any trial; their metrics by seed and role."""
-    from orchestrator.training import set_threads
-
-    set_threads()
-    out = {}
-    for seed in spec.seeds:
-        metrics = spec.task_contract.build_references(spec.run_config({}, seed), cache_dir, progress)
-        if metrics:
-            out[seed] = metrics
-    return out
 
 
 def markers(spec: SweepSpec, refs: dict[int, dict]) -> dict[str, dict[str, float]]:

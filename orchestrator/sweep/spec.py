@@ -83,6 +83,18 @@ class EarlyStopping(BaseModel):
     after_epoch: int = Field(0, ge=0)
 
 
+class Racing(BaseModel):
+    """Stop a configuration early: after each of its seeds but the last, if a completed trial of
+    the frontier beats its running seed means in every objective by more than ``margin`` seed
+    standard deviations (each objective's median per-seed std over the completed trials).
+    Checked again after every seed (successive halving over seeds); nothing is stopped before
+    ``min_trials`` trials have completed."""
+
+    model_config = Strict
+    margin: float = Field(1.0, gt=0)
+    min_trials: int = Field(3, ge=1)
+
+
 class MethodSpace(BaseModel):
     """One method's part of a comparison sweep (``methods:``)."""
 
@@ -116,8 +128,11 @@ class SweepSpec(BaseModel):
     trials: int = Field(ge=1)
     seeds: list[int] = Field([0, 1, 2], min_length=1)  # a result is a mean over seeds
     resources: Resources = Resources()
+    reference_resources: Resources | None = None  # one reference's Ray task; default: a trial's
     max_concurrent: int = Field(1, ge=1)
+    parallel_seeds: int = Field(1, ge=1)  # seeds a trial runs at once (it reserves resources for each)
     early_stopping: EarlyStopping | None = None
+    racing: Racing | None = None
     sampler_seed: int = 0
 
     @model_validator(mode="after")
@@ -180,6 +195,10 @@ class SweepSpec(BaseModel):
                 err = exc.errors()[0]
                 raise ValueError(f"methods.{name}: {err['msg'].removeprefix('Value error, ')}") from None
         return out
+
+    @property
+    def reference_request(self) -> Resources:
+        return self.reference_resources or self.resources
 
     @property
     def task_contract(self):

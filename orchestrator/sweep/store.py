@@ -30,6 +30,7 @@ class SweepStore:
         self.fs = None
         if "://" not in self.location or self.location.startswith("file://"):
             self.root = Path(self.location.removeprefix("file://")).resolve()
+            self.location = str(self.root)  # absolute: Ray tasks open it from other folders (and nodes)
             return
         import pyarrow.fs
 
@@ -130,21 +131,21 @@ class SweepStore:
             self.pull(paths.rel(path))
 
     # ------------------------------------------------------------------ references
-    def pull_references(self, rel: str, *, verify_store: bool) -> set[str]:
+    def pull_references(self, rel: str, *, verify_store: bool) -> tuple[set[str], set[str]]:
         """Bring every reference entry under ``rel`` into the local mirror, each verified
-        against its manifest; return the entries whose stored copy is intact. A local copy that
-        already matches is kept without download unless ``verify_store`` (the driver checks the
-        bucket itself, so a corrupt object is replaced). A stored object that fails its
-        checksum is never used: the driver rebuilds or re-uploads that entry."""
+        against its manifest; return the entries whose stored copy is intact, and those whose
+        stored copy is not. A local copy that already matches is kept without download unless
+        ``verify_store`` (reference tasks check the bucket itself, so a corrupt object is
+        replaced). A stored object that fails its checksum is never used: the reference task
+        that needs it rebuilds it."""
         if not self.remote:
-            return set()
-        intact = set()
-        with file_lock(self.root / f"{rel}.lock"):  # trials on one node share one mirror
+            return set(), set()
+        intact, rejected = set(), set()
+        with file_lock(self.root / f"{rel}.lock"):  # tasks and trials on one node share one mirror
             entries = sorted({f.rsplit("/", 2)[-2] for f in self.files(rel) if f.endswith(f"/{MANIFEST}")})
             for entry in entries:
-                if self._pull_entry(f"{rel}/{entry}", verify_store):
-                    intact.add(entry)
-        return intact
+                (intact if self._pull_entry(f"{rel}/{entry}", verify_store) else rejected).add(entry)
+        return intact, rejected
 
     def _pull_entry(self, rel: str, verify_store: bool) -> bool:
         local = self.root / rel

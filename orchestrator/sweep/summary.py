@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.storage import atomic_write_json
-from orchestrator.sweep.callback import refresh_pareto
+from orchestrator.sweep.callback import RACED, refresh_pareto
 from orchestrator.sweep.pareto import hypervolume, pareto_mask
 from orchestrator.sweep.paths import SweepPaths
 from orchestrator.sweep.plots import plot_frontier, plot_methods
@@ -36,9 +36,10 @@ def reference_point(spec: SweepSpec, markers: dict[str, dict[str, float]], obser
 
 
 def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking_uri: str, parent_run_id: str,
-             timing: dict[str, float]) -> dict:
+             timing: dict[str, float], references: list[dict]) -> dict:
     """Frontier flags, hypervolume, plots (and per method, for a comparison); logged to the
-    parent run, with the frontier flag tagged on every child."""
+    parent run, with the frontier flag tagged on every child. ``references``: where each was
+    built (the Ray tasks' records)."""
     from mlflow.tracking import MlflowClient
 
     table = ResultsTable(paths.results)
@@ -46,7 +47,13 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
     df = table.read()
     client = MlflowClient(tracking_uri)
     summary = {"trials": int(len(df)), "completed": int((df.get("status") == "ok").sum()) if len(df) else 0,
-               "frontier": int(mask.sum()), "timing": timing}
+               "frontier": int(mask.sum()), "timing": timing, "references": references}
+    if "shared_seconds_saved" in df:  # scores / saliency / importances found instead of computed
+        summary["shared_seconds_saved"] = round(float(df["shared_seconds_saved"].fillna(0).sum()), 1)
+    if spec.racing:
+        summary["racing"] = racing_savings(df, len(spec.seeds))
+        for key, value in summary["racing"].items():
+            client.log_metric(parent_run_id, f"racing.{key}", value)
     ok = (df["status"] == "ok").to_numpy() if len(df) else np.zeros(0, dtype=bool)
     if ok.any():
         cols, directions = [o.metric for o in spec.objectives], [o.direction for o in spec.objectives]
@@ -55,7 +62,9 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
         ref_point = reference_point(spec, points, values)
         summary["hypervolume"] = hypervolume(values[pareto_mask(values, directions)], directions, ref_point)
         summary["hypervolume_reference_point"] = ref_point
-        plotted = plot_frontier(df, spec.objectives, paths.plot, markers=points or None)
+        # One objective has no trade-off to draw: its "frontier" is the best trial.
+        plottable = len(spec.objectives) >= 2
+        plotted = plot_frontier(df, spec.objectives, paths.plot, markers=points or None) if plottable else []
         if spec.methods:
             # One reference point for every method: the worst value any method's trial reached
             # (the original model would give most of them zero volume: nothing dominates it).
@@ -64,7 +73,8 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
             summary["methods_reference_point"] = nadir
             summary["methods"] = {m: method_summary(df[ok & (df["method"] == m).to_numpy()], spec, nadir)
                                   for m in spec.methods}
-            plotted += plot_methods(df[ok], spec.objectives, paths.methods_plot, markers=points or None)
+            if plottable:
+                plotted += plot_methods(df[ok], spec.objectives, paths.methods_plot, markers=points or None)
         summary["plots"] = [str(p) for p in plotted]
         for p in plotted:
             client.log_artifact(parent_run_id, str(p))
@@ -78,6 +88,20 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
     atomic_write_json(paths.summary, summary)
     client.set_terminated(parent_run_id, "FINISHED")
     return summary
+
+
+def racing_savings(df, seeds: int) -> dict[str, float]:
+    """What racing saved: the seed runs the stopped trials left out, and their seconds at the
+    mean seconds per seed of the trials that ran every seed."""
+    if df.empty or "status" not in df:
+        return {"raced_trials": 0, "seed_runs_saved": 0, "seconds_saved": 0.0}
+    raced = df[df["status"] == RACED]
+    left_out = int((seeds - raced["seeds_done"]).sum()) if len(raced) else 0
+    ok = df[df["status"] == "ok"]
+    per_seed = float((ok["seconds"] / ok["seeds_done"]).mean()) if len(ok) and "seconds" in ok else math.nan
+    return {"raced_trials": int(len(raced)), "seed_runs_saved": left_out,
+            "seed_runs_run": int(df["seeds_done"].fillna(0).sum()) if "seeds_done" in df else 0,
+            "seconds_saved": round(left_out * per_seed, 1) if left_out else 0.0}
 
 
 def _tag_pareto(client, df, mask: np.ndarray, tracking_uri: str) -> None:

@@ -1,4 +1,4 @@
-"""``run_sweep``: references once, then Ray Tune with OptunaSearch (multi-objective) over the
+"""``run_sweep``: references once (Ray tasks, ``sweep/work.py``), then Ray Tune with OptunaSearch (multi-objective) over the
 trainable, the results callback writing Parquet, and the summary (layout: ``sweep/paths.py``)."""
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from orchestrator.storage import atomic_write_json
 from orchestrator.sweep import tracking
 from orchestrator.sweep.callback import ResultsCallback
 from orchestrator.sweep.paths import SweepPaths
-from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep.spec import Resources, SweepSpec
 from orchestrator.sweep.store import SweepStore, write_text
-from orchestrator.sweep.references import build_references
+from orchestrator.sweep.racing import SweepSearch, racing_scheduler
 from orchestrator.sweep.summary import code_version, finalize
-from orchestrator.sweep.trainable import TrialContext, trainable
+from orchestrator.sweep.trainable import TrialContext, trainable, trial_resources
+from orchestrator.sweep.work import build_references, ensure_ray
 
 
 def run_sweep(spec: SweepSpec, *, storage: str | Path | SweepStore, trials: int | None = None,
@@ -30,11 +31,11 @@ def run_sweep(spec: SweepSpec, *, storage: str | Path | SweepStore, trials: int 
     store = storage if isinstance(storage, SweepStore) else SweepStore(storage)
     paths = SweepPaths(store.root, spec.name)
     _check_new_or_resumable(spec, store, resume)
-    if address:
-        _connect(address, spec)
-        _wait_for_a_fitting_node(spec, address, resource_wait_s)
-    else:
+    if not address:
         _check_fits_here(spec)
+    ensure_ray(address, runtime_env(spec))
+    if address:
+        _wait_for_a_fitting_node(spec, address, resource_wait_s)
     if resume:
         store.pull_results(spec.name)
     elif spec_text is not None:
@@ -54,23 +55,20 @@ def run_sweep(spec: SweepSpec, *, storage: str | Path | SweepStore, trials: int 
             if run.info.status == "RUNNING":
                 client.delete_run(run.info.run_id)
     t0 = time.perf_counter()
-    references = paths.rel(paths.references)
-    intact = store.pull_references(references, verify_store=True)
-    refs = build_references(spec, paths.references, progress)
-    store.push_references(references, intact)
+    refs, built = build_references(spec, store.location, progress)
     references_s = time.perf_counter() - t0
     if not resume:
         _log_parent(client, parent_run_id, paths, spec, spec_text, refs)
+    _log_reference_work(client, parent_run_id, built)
 
     t0 = time.perf_counter()
     for sub in spec.per_method():  # a comparison: one experiment per method, same budget and seeds
-        ctx = TrialContext(sub.model_dump(), spec.name, str(paths.references), tracking_uri, experiment_id,
-                           parent_run_id, store.location if store.remote else None)
+        ctx = TrialContext(sub.model_dump(), spec.name, store.location, tracking_uri, experiment_id, parent_run_id)
         tune_dir = paths.tune(sub.method if spec.methods else None)
         restore = resume and store.exists(paths.rel(tune_dir))
-        _tuner(sub, store, paths, tune_dir, ctx, address, restore, progress).fit()
+        _tuner(sub, store, paths, tune_dir, ctx, restore, progress, tracking_uri).fit()
     timing = {"references_s": references_s, "trials_s": time.perf_counter() - t0}
-    summary = finalize(spec, paths, refs, tracking_uri, parent_run_id, timing)
+    summary = finalize(spec, paths, refs, tracking_uri, parent_run_id, timing, built)
     store.push_folder_files(paths.rel(paths.root))
     return summary
 
@@ -88,10 +86,19 @@ def _check_fits_here(spec: SweepSpec) -> None:
     import torch
 
     cpus, gpus = len(os.sched_getaffinity(0)), torch.cuda.device_count()
-    want = spec.resources
-    if want.gpu > gpus or want.cpu > cpus:
-        raise UserError(f"resources: a trial asks for cpu {want.cpu:g}, gpu {want.gpu:g}; this machine has "
-                        f"{cpus} CPUs and {gpus} GPUs (lower resources, or pass --address of a cluster that has them)")
+    n = spec.parallel_seeds  # a trial's bundles may lie on several nodes of a cluster, but here on this one
+    whole = ("parallel_seeds", f"a trial of {n} seeds at once", Resources(cpu=spec.resources.cpu * n,
+                                                                           gpu=spec.resources.gpu * n))
+    for key, what, want in [*_requests(spec), whole]:
+        if want.gpu > gpus or want.cpu > cpus:
+            raise UserError(f"{key}: {what} asks for cpu {want.cpu:g}, gpu {want.gpu:g}; this machine has {cpus} "
+                            f"CPUs and {gpus} GPUs (lower {key}, or pass --address of a cluster that has them)")
+
+
+def _requests(spec: SweepSpec):
+    """(YAML key, what, resources) of each kind of Ray task a sweep starts."""
+    yield "resources", "a trial", spec.resources
+    yield ("reference_resources" if spec.reference_resources else "resources"), "a reference", spec.reference_request
 
 
 def runtime_env(spec: SweepSpec) -> dict | None:
@@ -100,32 +107,24 @@ def runtime_env(spec: SweepSpec) -> dict | None:
     return {"working_dir": code_dir} if code_dir else None
 
 
-def _connect(address: str, spec: SweepSpec) -> None:
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env(spec))
-
-
 def _wait_for_a_fitting_node(spec: SweepSpec, address: str, wait_s: float) -> None:
     """A trial no node can hold would wait forever: give an autoscaler ``wait_s`` to add such
     a node, then refuse in one line."""
     import ray
 
-    want = spec.resources
     deadline = time.monotonic() + wait_s
-    while True:
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        if any(n.get("CPU", 0) >= want.cpu and n.get("GPU", 0) >= want.gpu for n in nodes):
-            return
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
-    largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
-    raise UserError(f"resources: a trial asks for cpu {want.cpu:g}, gpu {want.gpu:g}; no node of the cluster at "
-                    f"{address} has that after {wait_s:g} s (largest: cpu {largest.get('CPU', 0):g}, gpu "
-                    f"{largest.get('GPU', 0):g}); lower resources, add such a node, or raise --resource-wait")
+    for key, what, want in _requests(spec):
+        while True:
+            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            if any(n.get("CPU", 0) >= want.cpu and n.get("GPU", 0) >= want.gpu for n in nodes):
+                break
+            if time.monotonic() >= deadline:
+                largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+                raise UserError(f"{key}: {what} asks for cpu {want.cpu:g}, gpu {want.gpu:g}; no node of the cluster "
+                                f"at {address} has that after {wait_s:g} s (largest: cpu {largest.get('CPU', 0):g}, "
+                                f"gpu {largest.get('GPU', 0):g}); lower {key}, add such a node, or raise "
+                                "--resource-wait")
+            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
 
 
 def _log_parent(client, run_id: str, paths: SweepPaths, spec: SweepSpec, spec_text: str | None,
@@ -146,24 +145,26 @@ def _log_parent(client, run_id: str, paths: SweepPaths, spec: SweepSpec, spec_te
                 client.log_metric(run_id, f"{role}.{k}", v, step=seed)
 
 
+def _log_reference_work(client, run_id: str, built: list[dict]) -> None:
+    """Where each reference was built (or found): node, process, seconds, as parent-run tags."""
+    for r in built:
+        prefix = f"reference.seed{r['seed']}.{r['role']}"
+        for key in ("node_id", "node_ip", "pid", "seconds", "built"):
+            client.set_tag(run_id, f"{prefix}.{key}", str(r[key]))
+
+
 def _tuner(spec: SweepSpec, store: SweepStore, paths: SweepPaths, tune_dir: Path, ctx: TrialContext,
-           address: str | None, resume: bool, progress: bool):
+           resume: bool, progress: bool, tracking_uri: str):
     """A new Tuner, or the interrupted one restored from the store (a bucket: on any machine)."""
-    import ray
     from optuna.samplers import TPESampler
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env(spec))
-    run = tune.with_resources(tune.with_parameters(trainable, ctx=ctx),
-                              {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    run = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), trial_resources(spec))
     if resume:
         return tune.Tuner.restore(store.uri(paths.rel(tune_dir)), run, resume_errored=False,
                                   restart_errored=True)
     first = spec.first_points()
-    searcher = OptunaSearch(
+    searcher = SweepSearch(
         metric=[o.metric for o in spec.objectives],
         mode=[o.direction for o in spec.objectives],
         points_to_evaluate=first or None,
@@ -172,11 +173,11 @@ def _tuner(spec: SweepSpec, store: SweepStore, paths: SweepPaths, tune_dir: Path
     return tune.Tuner(
         run,
         param_space={k: d.tune_domain() for k, d in spec.search.items()},
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=spec.trials,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=racing_scheduler(spec), num_samples=spec.trials,
                                     max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=tune_dir.name, storage_path=store.uri(paths.rel(paths.root)),
                                   failure_config=tune.FailureConfig(max_failures=2),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                  callbacks=[ResultsCallback(spec, store, paths.rel(paths.results))],
+                                  callbacks=[ResultsCallback(spec, store, paths.rel(paths.results), tracking_uri)],
                                   verbose=1 if progress else 0),
     )

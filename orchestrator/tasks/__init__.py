@@ -14,6 +14,7 @@ from typing import Any, Callable, ClassVar
 
 from torch import nn
 
+from orchestrator.cache import Cached
 from orchestrator.errors import DivergenceError
 from orchestrator.fields import spec_fields
 from orchestrator.registry import Registry
@@ -43,6 +44,7 @@ class SeedRun:
     forget_digest: str
     artifacts: list[str]
     layers: dict[str, list[str]]  # the parameters the method chose to change (logged with the trial)
+    shared_seconds_saved: float = 0.0  # work found in the shared cache instead of computed (methods/shared_work.py)
 
 
 class Task(ABC):
@@ -85,8 +87,18 @@ class Task(ABC):
         return {}
 
     @abstractmethod
+    def reference_roles(self, cfg: Any) -> tuple[str, ...]:
+        """The references ``cfg`` needs; each is built on its own (one Ray task in a sweep)."""
+
+    @abstractmethod
+    def build_reference(self, cfg: Any, role: str, cache_dir: Path, progress: bool = True) -> tuple[Cached, dict | None]:
+        """Train or load one reference; its core metrics (None: a role with no metrics of its own)."""
+
     def build_references(self, cfg: Any, cache_dir: Path, progress: bool = True) -> dict[str, dict]:
-        """Train or load every reference ``cfg`` needs; their core metrics by role (may be empty)."""
+        """Every reference ``cfg`` needs, one after another in this process (``scissorhands train``);
+        their core metrics by role (may be empty)."""
+        built = {role: self.build_reference(cfg, role, cache_dir, progress)[1] for role in self.reference_roles(cfg)}
+        return {role: metrics for role, metrics in built.items() if metrics is not None}
 
     @abstractmethod
     def run(self, cfg: Any, cache_dir: Path, *, progress: bool = True,
@@ -100,7 +112,8 @@ class Task(ABC):
         result = self.run(cfg, cache_dir, progress=progress, on_epoch=on_epoch, artifact_dir=artifact_dir,
                           build=build)
         return SeedRun(self.trial_metrics(result.report), result.model, result.extras["forget_digest"],
-                       result.extras.get("artifacts", []), result.report.get("layers", {}))
+                       result.extras.get("artifacts", []), result.report.get("layers", {}),
+                       result.extras.get("shared_seconds_saved", 0.0))
 
     @abstractmethod
     def trial_metrics(self, report: dict) -> dict[str, float]:

@@ -124,17 +124,20 @@ class Diffusion(Task):
         }
         return TrialResult(report, result.model, result.history, extras)
 
-    def build_references(self, cfg: DiffusionRunConfig, cache_dir: Path, progress: bool = True) -> dict[str, dict]:
-        """Train (or find cached) the classifier and the original / retrain generators, so that
-        sweep trials only load them. Their metrics come with every trial's report."""
+    def reference_roles(self, cfg: DiffusionRunConfig) -> tuple[str, ...]:
+        """The evaluation classifier and the original / retrain generators: trials only load them.
+        Their metrics come with every trial's report."""
+        return ("classifier", "original", "retrain")
+
+    def build_reference(self, cfg: DiffusionRunConfig, role: str, cache_dir: Path, progress: bool = True):
         cfg.validate()
         dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.split_seed)
+        if role == "classifier":
+            return get_classifier(dataset, cfg.image_size, cfg.classifier, cfg.seed, cache_dir, progress), None
         data = split_forget(dataset, ForgetSpec.parse(cfg.forget), cfg.seed)
-        device = resolve_device(cfg.device)
-        get_classifier(dataset, cfg.image_size, cfg.classifier, cfg.seed, cache_dir, progress)
-        for role in ("original", "retrain"):
-            get_generator(role, data, cfg.image_size, cfg.generator, cfg.seed, cache_dir, device, progress)
-        return {}
+        generator = get_generator(role, data, cfg.image_size, cfg.generator, cfg.seed, cache_dir,
+                                  resolve_device(cfg.device), progress)
+        return generator, None
 
     def trial_metrics(self, report: dict) -> dict[str, float]:
         u, rt = report["unlearned"], report["retrain"]

@@ -113,9 +113,12 @@ def get_reference(
     return cached_model(role, spec, cache_dir, fresh, train, allow_build=build)
 
 
+def reference_roles(cfg: RunConfig) -> tuple[str, ...]:
+    return tuple(r for r in ROLES if not (r == "retrain" and cfg.retrain == "none"))
+
+
 def get_references(
     cfg: RunConfig, data: UnlearnData, cache_dir: Path, progress: bool = True, build: bool = True
 ) -> References:
-    roles = [r for r in ROLES if not (r == "retrain" and cfg.retrain == "none")]
-    refs = {role: get_reference(role, cfg, data, cache_dir, progress, build) for role in roles}
+    refs = {role: get_reference(role, cfg, data, cache_dir, progress, build) for role in reference_roles(cfg)}
     return References(refs["original"], refs.get("retrain"))

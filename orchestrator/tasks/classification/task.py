@@ -12,8 +12,10 @@ from orchestrator.datasets import load_dataset
 from orchestrator.tasks.classification.evaluation import CORE_METRICS, MIA_VARIANTS, avg_gap, evaluate
 from orchestrator.forget import ForgetSpec, UnlearnData, split_forget
 from orchestrator.methods import get_method
+from orchestrator.methods.shared_work import SharedWork
 from orchestrator.models import model_size
-from orchestrator.tasks.classification.references import get_references, make_model, reference_metrics
+from orchestrator.tasks.classification.references import (get_reference, get_references, make_model, reference_metrics,
+                                                          reference_roles)
 from orchestrator.tasks import Task, TrialResult
 
 GAP_METRICS = ("avg_gap", "forget_gap", "retain_gap", *(f"gap_{k}" for k in CORE_METRICS))
@@ -62,12 +64,14 @@ class Classification(Task):
         # A deletion list is a set of individual samples: the presets of a random forget set.
         return {"model_size": model_size(cfg.model), "forget_kind": "random" if kind == "ids" else kind}
 
-    def build_references(self, cfg: RunConfig, cache_dir: Path, progress: bool = True) -> dict[str, dict]:
+    def reference_roles(self, cfg: RunConfig) -> tuple[str, ...]:
+        return reference_roles(cfg)
+
+    def build_reference(self, cfg: RunConfig, role: str, cache_dir: Path, progress: bool = True):
         data = prepare(cfg)
         chosen_layers(cfg, data)
-        refs = get_references(cfg, data, cache_dir, progress=progress)
-        return {role: self.core(reference_metrics(ref, data))
-                for role, ref in (("original", refs.original), ("retrain", refs.retrain)) if ref is not None}
+        ref = get_reference(role, cfg, data, cache_dir, progress)
+        return ref, self.core(reference_metrics(ref, data))
 
     def run(self, cfg: RunConfig, cache_dir: Path, *, progress: bool = True,
             on_epoch: Callable[[dict], None] | None = None, artifact_dir: Path | None = None,
@@ -82,8 +86,11 @@ class Classification(Task):
 
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
+        # Scores, saliency, importances: kept beside this seed's original, reused by every trial.
+        shared = SharedWork(refs.original.path, {"forget": data.forget_digest(), "data": data.dataset.fingerprint(),
+                                                 "method": cfg.method, "backend": cfg.kernels})
         result = get_method(cfg.method).run(copy.deepcopy(refs.original.model), data, cfg.knobs, generator,
-                                            on_epoch=on_epoch, backend=cfg.kernels)
+                                            on_epoch=on_epoch, backend=cfg.kernels, shared=shared)
         metrics["unlearned"] = evaluate(result.model, data)
         self.check_collapse(metrics["original"], metrics["unlearned"], len(torch.unique(data.y_retain)),
                             "lower --lr, --forget-weight or --trim-ratio")

@@ -193,10 +193,13 @@ class TextToImage(Task):
     table_metrics = ()
     spec_recipes = {}
 
-    def build_references(self, cfg: TextToImageRunConfig, cache_dir: Path, progress: bool = True) -> dict[str, dict]:
+    def reference_roles(self, cfg: TextToImageRunConfig) -> tuple[str, ...]:
         """Nothing to train: the user's pipeline is the original; its metrics come with each run."""
         cfg.validate()
-        return {}
+        return ()
+
+    def build_reference(self, cfg: TextToImageRunConfig, role: str, cache_dir: Path, progress: bool = True):
+        raise ValueError(f"task {self.name} has no reference {role!r}")
 
     def run(self, cfg: TextToImageRunConfig, cache_dir: Path, *, progress: bool = True,
             on_epoch: Callable[[dict], None] | None = None, artifact_dir: Path | None = None,
