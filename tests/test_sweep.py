@@ -264,9 +264,10 @@ def study_trials(tune_dir: Path):
 
 
 # Racing: a configuration that leaves the model as it was (a 0.001% cut at lr 1e-5, no forget
-# term) still recognises the forget class after its first seed (gap_UA ~43-99 on seeds 0-1 in
-# the runs written while making this test), while the healthy one forgets it on every seed
-# (gap_UA 0, 0): one objective, so "beaten in every objective by more than the spread" is this.
+# term) still recognises the forget class: its first seed's gap_UA is the original's (90.4
+# here; the tiny original classifies 90-98% of the class correctly), while the healthy point
+# forgets it on both seeds (gap_UA 0 and 0, std 0 here): a margin of ~90 where the rule needs
+# more than one std. One objective, so "beaten in every objective" is this one.
 RACING = f"""\
 name: racing
 forget: class:3
