@@ -1,6 +1,6 @@
 """Multi-tensor kernels for Scissorhands: sensitivity scoring (``score="snip"``: |w * G|, or
 ``"grad"``: |G|), global top-n threshold, masked re-initialisation, gradient accumulation
-(|g| or g ** 2) and GEM gradient projection.
+(|g| or g ** 2) and GEM gradient projection (one memory: closed form; several: a small QP).
 
 Knows nothing of ``orchestrator``: every function takes lists of tensors.
 Backends share one API and are chosen per call by device, or forced with
@@ -23,6 +23,7 @@ from kernels.dispatch import (
     accumulate_sq_grad_,
     masked_reinit_,
     project_,
+    project_columns_,
     resolve_backend,
     select_threshold,
     selection_masks,
@@ -39,6 +40,7 @@ __all__ = [
     "accumulate_sq_grad_",
     "masked_reinit_",
     "project_",
+    "project_columns_",
     "resolve_backend",
     "select_threshold",
     "selection_masks",

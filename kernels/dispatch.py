@@ -127,3 +127,13 @@ def masked_reinit_(
 def project_(grads, refs, margin: float, eps: float = 1e-3, scope: str = "global", backend: str | None = None):
     """GEM closed-form projection of grads against refs, in place; returns the coefficients."""
     return _module(resolve_backend(grads, backend)).project_(grads, refs, margin, eps, scope)
+
+
+def project_columns_(grads, memories, margin: float, eps: float = 1e-3, scope: str = "global",
+                     backend: str | None = None):
+    """GEM projection against several memory vectors (a small QP), in place; one memory goes
+    through the backend's closed form (:func:`project_`), more through the reference's QP: the
+    t x t system is solved on the host in float64, the dot products are t^2 streaming passes."""
+    if len(memories) == 1:
+        return project_(grads, memories[0], margin, eps, scope, backend=backend).reshape(-1, 1)
+    return reference.project_columns_(grads, memories, margin, eps, scope)

@@ -187,3 +187,60 @@ def project_(
         if v != 0.0:
             g.add_(r, alpha=v)
     return coef.float()
+
+
+def solve_cone_qp(gram: torch.Tensor, dots: torch.Tensor, margin: float, eps: float,
+                  tol: float = 1e-12, max_sweeps: int = 10_000) -> torch.Tensor:
+    """GEM's dual QP for t memories (``project2cone2``: quadprog on P = M M^T + eps I, q = -M g,
+    v >= margin): argmin_v 0.5 v^T P v + (M g)^T v subject to v >= margin, in float64.
+
+    Solved by cyclic coordinate descent, exact per coordinate and convergent because P is
+    positive definite; t is the number of memory batches (a handful), so this costs nothing
+    beside the dot products. For t = 1 it is the closed form max(-<g, r> / (||r||^2 + eps), margin).
+    """
+    p = gram.double().cpu() + eps * torch.eye(len(gram), dtype=torch.float64)
+    b = dots.double().cpu()
+    v = torch.full_like(b, margin)
+    for _ in range(max_sweeps):
+        largest_step = 0.0
+        for i in range(len(v)):
+            new = max(margin, float(v[i] - (p[i] @ v + b[i]) / p[i, i]))
+            largest_step = max(largest_step, abs(new - float(v[i])))
+            v[i] = new
+        if largest_step <= tol * max(1.0, float(v.abs().max())):
+            break
+    return v
+
+
+def project_columns_(
+    grads: Tensors,
+    memories: Sequence[Tensors],
+    margin: float,
+    eps: float = 1e-3,
+    scope: str = "global",
+) -> torch.Tensor:
+    """GEM projection against t memory vectors (``memories[j]``: one tensor per grad), in place.
+
+    If any <g, r_j> < 0: g <- g + sum_j v_j r_j with v from :func:`solve_cone_qp` (one QP over
+    all tensors for ``scope="global"``, one per tensor for ``"per_layer"``). Returns the
+    coefficients applied, shape [1, t] or [len(grads), t] (zeros where it did not fire).
+    """
+    if scope not in ("global", "per_layer"):
+        raise ValueError(f"scope={scope!r}: allowed global, per_layer")
+    t = len(memories)
+    # dots[i, j] = <g_i, r_ji>; gram[i, j, k] = <r_ji, r_ki>, per tensor i
+    dots = torch.stack([torch.stack([_dot(g, m[i]) for m in memories]) for i, g in enumerate(grads)])
+    gram = torch.stack([torch.stack([torch.stack([_dot(a[i], b[i]) for b in memories]) for a in memories])
+                        for i in range(len(grads))])
+    if scope == "global":
+        dots, gram = dots.sum(0, keepdim=True), gram.sum(0, keepdim=True)
+    coef = torch.zeros(len(dots), t, dtype=torch.float64)
+    for k in range(len(dots)):
+        if bool((dots[k] < 0).any()):
+            coef[k] = solve_cone_qp(gram[k], dots[k], margin, eps)
+    for i, g in enumerate(grads):
+        v = coef[0] if scope == "global" else coef[i]
+        for j in range(t):
+            if float(v[j]) != 0.0:
+                g.add_(memories[j][i], alpha=float(v[j]))
+    return coef.float()

@@ -80,6 +80,38 @@ def test_salun_updates_only_its_salient_entries(digits):
     assert result.stats["masked"] == pytest.approx(0.2 * result.stats["n_params"], abs=2)
 
 
+@pytest.mark.parametrize("outside_mask", ["restore", "decay"])
+def test_salun_outside_its_mask_nothing_moves_as_in_the_reference(digits, outside_mask):
+    """With weight decay and momentum on (the defaults), the reference since its weight-decay fix
+    restores every masked-out entry after each step; ``decay`` lets weight decay move them."""
+    model, data = digits
+    model = copy.deepcopy(model)
+    before = copy.deepcopy(model)
+    method = get_method("salun")
+    cfg = method.config(epochs=1, lr=0.05, mask_ratio=0.2, outside_mask=outside_mask)
+    masks_model = copy.deepcopy(before)
+    from orchestrator.methods.salun import saliency_masks
+    from orchestrator.methods.shared_work import SharedWork
+    masks = saliency_masks(masks_model, data, cfg, torch.Generator().manual_seed(0), None, SharedWork())
+    method.run(model, data, cfg, torch.Generator().manual_seed(0))
+    moved_outside = sum(int(((p != q) & ~m).sum()) for p, q, m in zip(model.parameters(), before.parameters(), masks))
+    moved_inside = sum(int(((p != q) & m).sum()) for p, q, m in zip(model.parameters(), before.parameters(), masks))
+    assert moved_inside > 0
+    assert (moved_outside == 0) == (outside_mask == "restore"), moved_outside
+
+
+def test_random_labels_are_drawn_again_every_epoch_unless_once(digits):
+    from orchestrator.methods.random_label import relabelled
+
+    _, data = digits
+    per_epoch = relabelled(data, "epoch", torch.Generator().manual_seed(0))
+    once = relabelled(data, "once", torch.Generator().manual_seed(0))
+    n_forget = len(data.y_forget)
+    assert not torch.equal(per_epoch(0)[1][:n_forget], per_epoch(1)[1][:n_forget])
+    assert torch.equal(once(0)[1][:n_forget], once(1)[1][:n_forget])
+    assert torch.equal(per_epoch(2)[1][n_forget:], data.y_retain)
+
+
 def test_ssd_dampens_only_the_selected_entries_and_keeps_batchnorm_statistics(digits):
     model, data = digits
     before = copy.deepcopy(model)

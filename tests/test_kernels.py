@@ -393,6 +393,75 @@ def test_fused_projection_matches_the_reference(case, margin, scope):
             torch.testing.assert_close(b[j], a[j], **tol)
 
 
+def brute_force_cone_qp(gram, dots, margin, eps):
+    """GEM's dual QP solved by trying every set of coordinates at their bound (t <= 4)."""
+    import itertools
+
+    p = gram.double() + eps * torch.eye(len(gram), dtype=torch.float64)
+    b = dots.double()
+    best, best_value = None, float("inf")
+    for at_bound in itertools.product([True, False], repeat=len(b)):
+        v = torch.full_like(b, margin)
+        free = [i for i, bound in enumerate(at_bound) if not bound]
+        if free:
+            fixed = [i for i, bound in enumerate(at_bound) if bound]
+            rhs = -b[free] - p[free][:, fixed] @ v[fixed]
+            v[free] = torch.linalg.solve(p[free][:, free], rhs)
+        if bool((v >= margin - 1e-12).all()):
+            value = float(0.5 * v @ p @ v + b @ v)
+            if value < best_value:
+                best, best_value = v, value
+    return best
+
+
+@SETTINGS
+@given(t=st.integers(1, 4), n=st.integers(1, 30), margin=st.sampled_from([0.0, 0.1, 0.5]),
+       scope=st.sampled_from(["global", "per_layer"]), seed=st.integers(0, 2**31 - 1))
+def test_multi_memory_projection_solves_the_reference_qp(t, n, margin, scope, seed):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(n,), (2, n)]
+    memories = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(t)]
+    g = [-memories[0][i] * 0.7 + torch.randn(s, generator=gen, dtype=torch.float64) for i, s in enumerate(shapes)]
+    eps = 1e-3
+    projected = [x.clone() for x in g]
+    coef = kernels.project_columns_(projected, memories, margin, eps, scope).double()
+    groups = [list(range(len(g)))] if scope == "global" else [[i] for i in range(len(g))]
+    assert coef.shape == (len(groups), t)
+    for k, idx in enumerate(groups):
+        dots = torch.tensor([sum(float((g[i] * m[i]).sum()) for i in idx) for m in memories], dtype=torch.float64)
+        gram = torch.tensor([[sum(float((a[i] * b[i]).sum()) for i in idx) for b in memories] for a in memories],
+                            dtype=torch.float64)
+        if not bool((dots < 0).any()):
+            assert bool((coef[k] == 0).all())
+            assert all(torch.equal(projected[i], g[i]) for i in idx)
+            continue
+        torch.testing.assert_close(coef[k], brute_force_cone_qp(gram, dots, margin, eps).float().double(),
+                                   rtol=1e-4, atol=1e-5)
+        for i in idx:
+            expected = g[i] + sum(float(coef[k, j]) * memories[j][i] for j in range(t))
+            torch.testing.assert_close(projected[i], expected, rtol=1e-5, atol=1e-5)
+        # GEM's guarantee: no memory is left conflicting beyond eps * v_j.
+        after = torch.tensor([sum(float((projected[i] * m[i]).sum()) for i in idx) for m in memories])
+        assert bool((after >= -eps * coef[k].float() - 1e-3).all())
+
+
+def test_one_memory_column_is_the_closed_form():
+    gen = torch.Generator().manual_seed(0)
+    r = [torch.randn(5, generator=gen), torch.randn(3, 2, generator=gen)]
+    g = [-2 * x + 0.1 * torch.randn(x.shape, generator=gen) for x in r]
+    for backend in ("reference", "fused"):
+        a, b = [x.clone() for x in g], [x.clone() for x in g]
+        closed = kernels.project_(a, r, 0.5, backend=backend)
+        columns = kernels.project_columns_(b, [r], 0.5, backend=backend)
+        assert columns.shape == (1, 1) and columns.flatten().tolist() == closed.tolist()
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+        many = [x.clone() for x in g]
+        qp = reference.project_columns_(many, [r, [x.clone() for x in r]], 0.5)
+        assert qp.shape == (1, 2)  # two equal memories share the coefficient of one
+        torch.testing.assert_close(float(qp.sum()), float(closed.double() * (sum(float((x * x).sum()) for x in r) + 1e-3)
+                                   / (sum(float((x * x).sum()) for x in r) + 5e-4)), rtol=1e-3, atol=1e-3)
+
+
 def test_projection_fires_only_on_conflict_and_errors():
     r = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])]
     g = [torch.tensor([-1.0, 0.0]), torch.tensor([0.0, 1.0])]  # <g0, r0> = -1, <g1, r1> = 2, total 1

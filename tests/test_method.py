@@ -69,7 +69,7 @@ def test_threshold_marks_exactly_the_top_share_and_trim_touches_only_marked_elig
 
     threshold, trimmed = trim(model, grad_sums, cfg, LATE, torch.Generator().manual_seed(1), backend=None)
     eligible = {n for n, _ in matching(model, cfg.trim_layers)}
-    specs = dict(zip(names, init_specs(model, eligible, cfg.init)))
+    specs = dict(zip(names, init_specs(model, eligible, cfg.init, cfg.trim_rule)))
     changed_total = 0
     for (name, p), mask in zip(model.named_parameters(), masks):
         changed = p.detach() != before[name]
@@ -146,10 +146,27 @@ def test_score_bn_mode_eval_scores_with_running_statistics(data):
     assert not model.training and all(torch.equal(a, b) for a, b in zip(model.buffers(), running))
 
 
+def test_trim_rule_by_name_reinitialises_the_shortcut_batchnorm_as_the_reference():
+    from orchestrator.methods.scissorhands import layer_selection
+
+    model = tiny_model()
+    by_name = set(layer_selection(model, ScissorhandsConfig(trim_layers=(r"^layer3\.",))
+                                  )["trim"])
+    by_type = set(layer_selection(model, ScissorhandsConfig(trim_layers=(r"^layer3\.",), trim_rule="by_type"))["trim"])
+    # The reference's 'bn' not in name: the shortcut's BatchNorm is trimmed, bn1 / bn2 are not.
+    assert by_name - by_type == {"layer3.0.shortcut.1.weight", "layer3.0.shortcut.1.bias"}
+    assert not any(".bn" in n for n in by_name)
+    specs = dict(zip([n for n, _ in model.named_parameters()],
+                     init_specs(model, by_name, "kaiming_uniform", "by_name")))
+    assert (specs["layer3.0.shortcut.1.weight"].low, specs["layer3.0.shortcut.1.weight"].high) == (-1.0, 1.0)
+    assert (specs["layer3.0.shortcut.1.bias"].low, specs["layer3.0.shortcut.1.bias"].high) == (0.0, 0.0)
+
+
 def _projection(model, names, **options):
     from orchestrator.methods.shared import GradientProjection
 
-    settings = {"strength": 0.0, "eps": 1e-3, "scope": "global", "every": 1, "backend": "reference", **options}
+    settings = {"strength": 0.0, "eps": 1e-3, "scope": "global", "every": 1, "backend": "reference",
+                "memory_mode": "sum", **options}
     return GradientProjection(model, names, **settings)
 
 
@@ -164,8 +181,13 @@ def test_memory_sums_its_batches_on_a_copy_in_the_chosen_bn_mode():
     for train_mode in (False, True):
         projection = _projection(model, ["fc.weight", "fc.bias"])
         projection.remember(forget_grads, 3, train_mode=train_mode)
-        assert all(torch.equal(m, torch.full_like(m, -3.0)) for m in projection.memory)  # r = -(sum of 3 grads)
+        [memory] = projection.columns
+        assert all(torch.equal(m, torch.full_like(m, -3.0)) for m in memory)  # r = -(sum of 3 grads)
         assert seen[-3:] == [(True, train_mode)] * 3
+    # The reference's columns: column j sums the first j batches' r.
+    projection = _projection(model, ["fc.weight", "fc.bias"], memory_mode="columns")
+    projection.remember(forget_grads, 3, train_mode=False)
+    assert [float(column[0].flatten()[0]) for column in projection.columns] == [-1.0, -2.0, -3.0]
 
 
 def test_project_every_and_projection_eps():
@@ -186,7 +208,7 @@ def test_project_every_and_projection_eps():
     dots = {}
     for eps in (1e-6, 100.0):
         projection = _projection(model, names, eps=eps)
-        projection.memory = list(every.memory)
+        projection.columns = list(every.columns)
         dots[eps] = conflicting_step(projection, 0)[1]
     n = sum(p.numel() for p in params)
     # g.r goes from -n to about -n * eps / (n + eps): a larger eps leaves more of the conflict.

@@ -29,6 +29,8 @@ BUILTIN: dict[str, str] = {
     "l1_sparse": "orchestrator.methods.l1_sparse:METHOD",
     "salun": "orchestrator.methods.salun:METHOD",
     "ssd": "orchestrator.methods.ssd:METHOD",
+    "scrub": "orchestrator.methods.scrub:METHOD",
+    "neggrad_plus": "orchestrator.methods.neggrad_plus:METHOD",
 }
 
 
@@ -76,6 +78,10 @@ class Method(ABC):
         """The parameter names the method changes by layer choice (e.g. trim / project), printed
         and logged with every run; {} for a method that changes every parameter."""
         return {}
+
+    def seeded(self, cfg: Any) -> bool:
+        """Whether the run draws from its generator (False: every seed gives the same model)."""
+        return True
 
     def run(self, model: nn.Module, data: Any, cfg: Any, generator: Any, *,
             on_epoch: Callable[[dict], None] | None = None, backend: str | None = None,

@@ -1,11 +1,15 @@
 """SalUn (Fan et al., "SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency",
 ICLR 2024): a saliency mask keeps the ``mask_ratio`` share of entries with the largest
 |sum over D_f batches of dL_f/dtheta| (eval mode; one global threshold, through ``kernels``
-in gradient-magnitude score mode), then random-label fine-tuning (RL) updates only those.
+in gradient-magnitude score mode), then random-label fine-tuning (RL, labels redrawn every
+epoch) updates only those.
 
 Defaults: mask_ratio 0.5 and 10 epochs at lr 0.013 (SGD, momentum 0.9, weight decay 5e-4), the
-SalUn repository's CIFAR-10 example; SalUn searches lr in 0.01-0.1. Weight decay acts on every
-weight inside the optimizer, as there.
+SalUn repository's CIFAR-10 example; SalUn searches lr in 0.01-0.1. Outside the mask nothing
+moves: after every step the masked-out entries and their momentum are restored, as the
+reference does since its weight-decay fix (Unlearn-Saliency "Fix weight decay (#33)").
+``outside_mask: decay`` lets weight decay and momentum move them (the reference before the fix,
+and this project before it followed it).
 """
 from __future__ import annotations
 
@@ -16,10 +20,13 @@ import torch
 import kernels
 from orchestrator.errors import need_field
 from orchestrator.methods import Method
-from orchestrator.methods.random_label import relabelled
+from orchestrator.methods.random_label import RELABEL, relabelled
 from orchestrator.methods.shared_work import SharedWork
 from orchestrator.methods.shared import SGDKnobs, cross_entropy, fine_tune
 from orchestrator.training import batches
+
+
+OUTSIDE_MASK = ("restore", "decay")
 
 
 @dataclass(frozen=True)
@@ -27,10 +34,14 @@ class SalUnConfig(SGDKnobs):
     epochs: int = 10
     lr: float = 0.013
     mask_ratio: float = 0.5  # share of all entries RL may update
+    outside_mask: str = "restore"  # restore | decay
+    relabel: str = "epoch"  # epoch | once
 
     def validate(self) -> None:
         super().validate()
         need_field(0 < self.mask_ratio <= 1, self, "mask_ratio", "must be in (0, 1]")
+        need_field(self.outside_mask in OUTSIDE_MASK, self, "outside_mask", f"allowed {', '.join(OUTSIDE_MASK)}")
+        need_field(self.relabel in RELABEL, self, "relabel", f"allowed {', '.join(RELABEL)}")
 
 
 def forget_gradients(model, data, cfg: SalUnConfig, generator: torch.Generator) -> list[torch.Tensor]:
@@ -72,9 +83,20 @@ class SalUn(Method):
                     p.grad.mul_(m)
             return {}
 
-        x, y = relabelled(data, generator)
-        history = fine_tune(model, x, y, cfg, generator, natural=data.dataset.natural_images, on="relabelled",
-                            before_step=masked, on_epoch=on_epoch, where="SalUn fine-tuning")
+        start = [p.detach().clone() for p in params]
+
+        def restore(optimizer: torch.optim.Optimizer) -> None:
+            with torch.no_grad():
+                for p, m, p0 in zip(params, masks, start):
+                    p.copy_(torch.where(m, p, p0))
+                    buf = optimizer.state.get(p, {}).get("momentum_buffer")
+                    if buf is not None:
+                        buf.mul_(m)
+
+        history = fine_tune(model, relabelled(data, cfg.relabel, generator), cfg, generator,
+                            natural=data.dataset.natural_images, on="relabelled", before_step=masked,
+                            after_step=restore if cfg.outside_mask == "restore" else None,
+                            on_epoch=on_epoch, where="SalUn fine-tuning")
         stats = {"masked": int(sum(int(m.sum()) for m in masks)), "n_params": sum(p.numel() for p in params)}
         return history, stats
 

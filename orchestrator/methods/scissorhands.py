@@ -24,7 +24,7 @@ from orchestrator.errors import UserError, need_field, need_positive_ints, need_
 from orchestrator.forget import UnlearnData
 from orchestrator.methods import Method
 from orchestrator.methods.shared_work import SharedWork
-from orchestrator.methods.shared import GradientProjection, init_specs, matching, repair_loop
+from orchestrator.methods.shared import MEMORY_MODES, NORM_RULES, GradientProjection, init_specs, matching, repair_loop
 from orchestrator.models import late_layers
 from orchestrator.training import augment, batches
 
@@ -59,6 +59,12 @@ class ScissorhandsConfig:
     # reference scores in train mode and takes r in eval mode (running statistics).
     score_bn_mode: str = "train"  # train | eval
     memory_bn_mode: str = "eval"  # eval | train
+    # Which trim-layer parameters are re-initialised: by_name, the reference's 'bn' not in name
+    # (a shortcut's BatchNorm is trimmed), or by_type (conv / linear only).
+    trim_rule: str = "by_name"  # by_name | by_type
+    # More than one memory batch: the reference's cumulative columns (column j = the sum of the
+    # first j batches' r) with one GEM constraint each, or their sum as one memory vector.
+    memory_mode: str = "columns"  # columns | sum
 
     def validate(self) -> None:
         need_field(0.0 < self.trim_ratio < 1.0, self, "trim_ratio", "must be in (0, 1)")
@@ -73,6 +79,8 @@ class ScissorhandsConfig:
         need_field(self.init in INITS, self, "init", f"allowed {', '.join(INITS)}")
         for name in ("score_bn_mode", "memory_bn_mode"):
             need_field(getattr(self, name) in BN_MODES, self, name, f"allowed {', '.join(BN_MODES)}")
+        need_field(self.trim_rule in NORM_RULES, self, "trim_rule", f"allowed {', '.join(NORM_RULES)}")
+        need_field(self.memory_mode in MEMORY_MODES, self, "memory_mode", f"allowed {', '.join(MEMORY_MODES)}")
 
 
 # The public reference implementation's values (CIFAR-10, ResNet-18, random 10%).
@@ -100,14 +108,14 @@ def default_patterns(layers: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def layer_selection(model: nn.Module, cfg: ScissorhandsConfig) -> dict[str, list[str]]:
-    """The parameters trimmed (conv / linear only: normalisation layers never) and projected."""
+    """The parameters trimmed (``trim_rule``) and projected."""
     layers = late_layers(model)
     trim_names = {n for n, _ in matching(model, cfg.trim_layers or default_patterns(layers), "--trim-layers")}
-    specs = init_specs(model, trim_names, cfg.init)
+    specs = init_specs(model, trim_names, cfg.init, cfg.trim_rule)
     trimmed = [n for (n, _), spec in zip(model.named_parameters(), specs) if spec is not None]
     if not trimmed:
         raise UserError(f"--trim-layers {' '.join(cfg.trim_layers)}: matches only normalisation parameters, which "
-                        "are never trimmed; name conv or linear layers")
+                        f"are never trimmed (--trim-rule {cfg.trim_rule}); name conv or linear layers")
     projected = [n for n, _ in matching(model, cfg.project_layers or default_patterns(layers), "--project-layers")]
     return {"trim": trimmed, "project": projected}
 
@@ -149,7 +157,7 @@ def trim(
     """Stage 2: one global threshold over ALL parameters, applied to eligible ones only."""
     params = list(model.parameters())
     trim_names = {n for n, _ in matching(model, cfg.trim_layers or default_patterns(layers), "--trim-layers")}
-    inits = init_specs(model, trim_names, cfg.init)
+    inits = init_specs(model, trim_names, cfg.init, cfg.trim_rule)
     with torch.no_grad():
         threshold = kernels.snip_threshold(params, grad_sums, cfg.trim_ratio, backend=backend)
         trimmed = kernels.masked_reinit_(params, grad_sums, threshold, inits, generator, backend=backend)
@@ -184,7 +192,8 @@ class Scissorhands(Method):
 
         # Stage 3: repair with projected gradients.
         projection = GradientProjection(model, projected, strength=cfg.projection_strength, eps=cfg.projection_eps,
-                                        scope=cfg.projection_scope, every=cfg.project_every, backend=backend)
+                                        scope=cfg.projection_scope, every=cfg.project_every, backend=backend,
+                                        memory_mode=cfg.memory_mode)
 
         def remember(epoch: int) -> None:
             def forget_grads(frozen, params):

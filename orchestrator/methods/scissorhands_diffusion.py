@@ -199,7 +199,8 @@ class ScissorhandsDiffusion(Method):
             p.requires_grad_(id(p) in train_ids)
         projection = GradientProjection(
             unet, [n for n in trim_names if id(named[n]) in train_ids], strength=cfg.projection_strength,
-            eps=cfg.projection_eps, scope=cfg.projection_scope, every=cfg.project_every, backend=backend)
+            eps=cfg.projection_eps, scope=cfg.projection_scope, every=cfg.project_every, backend=backend,
+            memory_mode="sum")  # the reference never projects here (its flag is unused): no columns to follow
         retain_iter = task.retain_batches(cfg.batch_size, generator)
         forget_iter = task.forget_batches(cfg.batch_size, generator)
 

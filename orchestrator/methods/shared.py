@@ -37,50 +37,69 @@ def matching(model: nn.Module, patterns: tuple[str, ...],
     return [(n, p) for n, p in named if any(r.search(n) for r in regex)]
 
 
-def init_specs(model: nn.Module, trim_names: set[str], init: str) -> list[kernels.InitSpec | None]:
-    """Per parameter (model order): None if not trimmable, else the layer's default init.
+NORM_RULES = ("by_name", "by_type")
 
-    Only conv / linear parameters are trimmable (the reference excludes normalisation layers).
+
+def init_specs(model: nn.Module, trim_names: set[str], init: str,
+               norm_rule: str = "by_type") -> list[kernels.InitSpec | None]:
+    """Per parameter (model order): None if not trimmable, else its fresh-value distribution.
+
+    ``by_type``: only conv / linear parameters are trimmable (every normalisation layer is
+    skipped). ``by_name``: the Scissorhands reference's rule, every parameter whose name lacks
+    'bn' (so a BatchNorm inside a shortcut / downsample branch is trimmed); it draws 1-d weights
+    as its ``re_init_weights`` does, kaiming_uniform(a=sqrt(5)) of an (n, 1) tensor: U(-1, 1).
     kaiming_uniform(a=sqrt(5)) has bound 1/sqrt(fan_in); biases start at zero.
     """
     specs: dict[str, kernels.InitSpec | None] = {}
+    by_type = norm_rule == "by_type"
     for mod_name, module in model.named_modules():
-        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        if by_type and not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
         for pname, p in module.named_parameters(recurse=False):
             full = f"{mod_name}.{pname}" if mod_name else pname
-            if full not in trim_names:
+            if full not in trim_names or (not by_type and "bn" in full):
                 continue
             if init == "zeros" or pname == "bias":
                 specs[full] = kernels.InitSpec(0.0, 0.0)
             else:
-                bound = 1.0 / math.sqrt(p[0].numel())
+                bound = 1.0 / math.sqrt(p[0].numel())  # 1-d: fan_in 1, U(-1, 1)
                 specs[full] = kernels.InitSpec(-bound, bound)
     return [specs.get(n) for n, _ in model.named_parameters()]
 
 
+MEMORY_MODES = ("columns", "sum")
+
+
 class GradientProjection:
-    """GEM projection of the repair gradient of the named parameters against the memory
-    r = grad(-L_f), taken from a frozen copy of the model at the start of every epoch."""
+    """GEM projection of the repair gradient of the named parameters against the memory of
+    r = grad(-L_f), taken from a frozen copy of the model at the start of every epoch.
+
+    ``memory_mode="columns"`` (the reference): one memory vector per memory batch, column j the
+    sum of the first j batches' r (the reference never zeroes the copy's gradients between
+    them), one GEM constraint each; ``"sum"``: only the last column, one constraint. With one
+    memory batch both are the closed form."""
 
     def __init__(self, model: nn.Module, names: list[str], *, strength: float, eps: float, scope: str,
-                 every: int, backend: str | None):
+                 every: int, backend: str | None, memory_mode: str):
         named = dict(model.named_parameters())
         self.model, self.names, self.params = model, names, [named[n] for n in names]
         self.strength, self.eps, self.scope, self.every, self.backend = strength, eps, scope, every, backend
-        self.memory: list[torch.Tensor] = []
+        self.memory_mode = memory_mode
+        self.columns: list[list[torch.Tensor]] = []
 
     def remember(self, forget_grads: Callable[[nn.Module, list[nn.Parameter]], list], batches: int,
                  train_mode: bool) -> None:
-        """r = sum over ``batches`` of -dL_f/dtheta on a frozen copy (``forget_grads(copy, params)``)."""
+        """The cumulative sums over ``batches`` of -dL_f/dtheta on a frozen copy (``forget_grads(copy, params)``)."""
         frozen = copy.deepcopy(self.model).train(train_mode)
         named = dict(frozen.named_parameters())
         params = [named[n].requires_grad_(True) for n in self.names]
         memory = [torch.zeros_like(p) for p in params]
+        columns = []
         for _ in range(batches):
             grads = forget_grads(frozen, params)
             torch._foreach_add_(memory, [-g if g is not None else torch.zeros_like(m) for g, m in zip(grads, memory)])
-        self.memory = memory
+            columns.append([m.clone() for m in memory] if self.memory_mode == "columns" else memory)
+        self.columns = columns if self.memory_mode == "columns" else columns[-1:]
 
     def __call__(self, step: int) -> dict[str, float]:
         """Project the gradients in place (every ``every`` steps); returns whether it fired."""
@@ -89,8 +108,8 @@ class GradientProjection:
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        coef = kernels.project_([p.grad for p in self.params], self.memory, self.strength, self.eps, self.scope,
-                                backend=self.backend)
+        coef = kernels.project_columns_([p.grad for p in self.params], self.columns, self.strength, self.eps,
+                                        self.scope, backend=self.backend)
         return {"projection_rate": float(bool((coef != 0).any()))}
 
 
@@ -102,19 +121,22 @@ def repair_loop(
     steps: Callable[[int], Iterable[Any]],
     loss: Callable[[Any], tuple[torch.Tensor, dict[str, float]]],
     before_step: Callable[[int, Any], dict[str, float]] | None = None,
+    after_step: Callable[[], None] | None = None,
     start_epoch: Callable[[int], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    train_mode: bool = True,
     where: str,
     hint: str,
 ) -> list[dict]:
     """``epochs`` passes over ``steps(epoch)``: loss, finiteness check, backward, the method's
-    ``before_step`` hook (e.g. a projection), optimizer step. Each epoch's record holds the mean
-    of every statistic the loss and the hook return; ``on_epoch`` gets it (and may raise)."""
+    ``before_step`` hook (e.g. a projection), optimizer step, ``after_step``. Each epoch's record
+    holds the mean of every statistic the loss and the hook return; ``on_epoch`` gets it (and may
+    raise). ``train_mode`` False keeps BatchNorm on its running statistics (e.g. NegGrad+)."""
     history = []
     for epoch in range(epochs):
         if start_epoch:
             start_epoch(epoch)
-        model.train()
+        model.train(train_mode)
         sums: dict[str, float] = defaultdict(float)
         n = 0
         for step, batch in enumerate(steps(epoch)):
@@ -125,6 +147,8 @@ def repair_loop(
             if before_step:
                 stats = {**stats, **before_step(step, batch)}
             optimizer.step()
+            if after_step:
+                after_step()
             for key, v in stats.items():
                 sums[key] += v
             n += 1
@@ -165,16 +189,20 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, natural: b
     return F.cross_entropy(logits, y), 100.0 * float((logits.argmax(1) == y).float().mean())
 
 
-def fine_tune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SGDKnobs, generator: torch.Generator, *,
-              natural: bool, on: str = "retain", sign: float = 1.0, penalty: Callable[[int], torch.Tensor | float] | None = None,
+def fine_tune(model: nn.Module, epoch_data: Callable[[int], tuple[torch.Tensor, torch.Tensor]], cfg: SGDKnobs,
+              generator: torch.Generator, *, natural: bool, on: str = "retain", sign: float = 1.0,
+              penalty: Callable[[int], torch.Tensor | float] | None = None,
               before_step: Callable[[int, Any], dict[str, float]] | None = None,
+              after_step: Callable[[torch.optim.Optimizer], None] | None = None,
               on_epoch: Callable[[dict], None] | None = None, where: str) -> list[dict]:
-    """SGD over shuffled batches of (x, y) on ``sign`` * cross-entropy (+ ``penalty(epoch)``):
-    what FT, GA, RL, l1-sparse and SalUn share. ``on`` names the set in the epoch statistics."""
+    """SGD over shuffled batches of ``epoch_data(epoch)`` = (x, y) on ``sign`` * cross-entropy
+    (+ ``penalty(epoch)``): what FT, GA, RL, l1-sparse and SalUn share. ``on`` names the set in
+    the epoch statistics; ``after_step(optimizer)`` runs after every optimizer step."""
     state = {"epoch": 0}
 
     def steps(epoch: int):
         state["epoch"] = epoch
+        x, y = epoch_data(epoch)
         return batches(x, y, cfg.batch_size, generator)
 
     def loss(batch):
@@ -185,7 +213,9 @@ def fine_tune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SGDKnobs,
             total = total + penalty(state["epoch"])
         return total, stats
 
-    return repair_loop(model, sgd(model, cfg), epochs=cfg.epochs, steps=steps, loss=loss, before_step=before_step,
+    optimizer = sgd(model, cfg)
+    return repair_loop(model, optimizer, epochs=cfg.epochs, steps=steps, loss=loss, before_step=before_step,
+                       after_step=(lambda: after_step(optimizer)) if after_step else None,
                        on_epoch=on_epoch, where=where, hint=f"lower --lr (now {cfg.lr})")
 
 
@@ -202,6 +232,6 @@ class OneSetFineTuning(Method):
 
     def unlearn(self, model, data, cfg, generator, *, on_epoch, backend, shared):
         x, y = (data.x_retain, data.y_retain) if self.on == "retain" else (data.x_forget, data.y_forget)
-        history = fine_tune(model, x, y, cfg, generator, natural=data.dataset.natural_images, on=self.on,
+        history = fine_tune(model, lambda epoch: (x, y), cfg, generator, natural=data.dataset.natural_images, on=self.on,
                             sign=self.sign, penalty=self.penalty(model, cfg), on_epoch=on_epoch, where=self.name)
         return history, {}
