@@ -1,9 +1,11 @@
 """After a comparison sweep (``methods:``): pick each method's best trial by a rule, validate
 it on held-out seeds (``scissorhands pick --method M``), and print one JSON line per method
 plus the original / retrain rows and a Markdown table (mean and 95% interval over the
-held-out seeds).
+held-out seeds). The verdict is paired: Scissorhands' headline metric minus each rival's on
+the same held-out seeds (negative: Scissorhands is closer to retrain), mean and 95% interval,
+"scissorhands" / rival / "no clear difference" by whether the interval excludes zero.
 
-    python benchmarks/compare_methods.py mnist5k-methods-class3 --storage runs --validate-seeds 3
+    python benchmarks/compare_methods.py mnist5k-methods-class3 --storage runs --validate-seeds 5
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.stats import summarize  # noqa: E402
+from orchestrator.stats import Summary, summarize  # noqa: E402
 from orchestrator.sweep.frontier_table import load_results  # noqa: E402
 from orchestrator.sweep.paths import SweepPaths  # noqa: E402
 from orchestrator.sweep.pick import held_out_seeds, pick  # noqa: E402
@@ -26,12 +28,20 @@ def interval(s: dict) -> str:
     return f"{s['mean']:.2f} [{s['ci95_low']:.2f}, {s['ci95_high']:.2f}]"
 
 
+def paired_difference(ours: dict[int, float], rival: dict[int, float], rival_name: str) -> dict:
+    """Scissorhands minus the rival on the seeds both finished, with the verdict."""
+    seeds = sorted(set(ours) & set(rival))
+    s: Summary = summarize(ours[k] - rival[k] for k in seeds)
+    verdict = ("scissorhands" if s.ci95_high < 0 else rival_name if s.ci95_low > 0 else "no clear difference")
+    return {**s.as_dict(), "seeds": seeds, "closer_to_retrain": verdict}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name")
     p.add_argument("--storage", type=Path, default=Path("runs"))
     p.add_argument("--rule", default=None, help="default: min- the task's headline metric")
-    p.add_argument("--validate-seeds", type=int, default=3)
+    p.add_argument("--validate-seeds", type=int, default=5)
     args = p.parse_args()
     set_threads()
     df, spec_dict = load_results(args.storage, args.name)
@@ -50,7 +60,13 @@ def main() -> None:
                f"search_{headline}": chosen["search"].get(headline), "diverged": v["diverged"],
                headline: v.get(headline), "improvement": v.get("improvement"),
                **{k: v["metrics"][k] for k in columns if k in v["metrics"]}}
+        row["_per_seed"] = {r["seed"]: r[headline] for r in v["per_seed"] if headline in r}
         rows.append(row)
+    ours = next((r["_per_seed"] for r in rows if r["method"] == "scissorhands"), None)
+    for row in rows:
+        per_seed = row.pop("_per_seed")
+        if ours is not None and row["method"] != "scissorhands":
+            row["scissorhands_minus_method"] = paired_difference(ours, per_seed, row["method"])
         print(json.dumps(row), flush=True)
     # The references of the held-out seeds (cached by the picks' validation).
     seeds = held_out_seeds(spec.seeds, args.validate_seeds)
@@ -62,12 +78,17 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     names = [*columns[:-1], f"{task.time_metric.removesuffix('_s')} (s)"]
-    print(f"\n| method | {task.headline_label} (held-out seeds {seeds[0]}-{seeds[-1]}) | " + " | ".join(names) + " |")
-    print("|---" * (len(columns) + 2) + "|")
+    print(f"\n| method | {task.headline_label} (held-out seeds {seeds[0]}-{seeds[-1]}) | Scissorhands minus method "
+          "(paired) | closer to retrain | " + " | ".join(names) + " |")
+    print("|---" * (len(columns) + 4) + "|")
     for row in rows:
         gap = interval(row[headline]) if row.get(headline) else "-"
+        paired = row.get("scissorhands_minus_method")
+        diff = interval(paired) if paired and paired["n"] > 1 else "-"
+        verdict = paired["closer_to_retrain"] if paired and paired["n"] > 1 else "-"
+        diverged = f" ({len(row['diverged'])} seeds diverged)" if row.get("diverged") else ""
         cells = [f"{row[k]['mean']:.2f}" if k in row else "-" for k in columns]
-        print(f"| {row['method']} | {gap} | " + " | ".join(cells) + " |")
+        print(f"| {row['method']}{diverged} | {gap} | {diff} | {verdict} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

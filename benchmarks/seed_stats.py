@@ -69,13 +69,15 @@ def main() -> None:
     for seed in args.seeds:
         cfg = dataclasses.replace(base, seed=seed, knobs=knobs)
         try:
-            r = run_unlearning(cfg, args.cache_dir, progress=False).report
+            result = run_unlearning(cfg, args.cache_dir, progress=False)
         except DivergenceError as exc:
             diverged.append(seed)
             print(json.dumps({"seed": seed, "diverged": str(exc)}), flush=True)
             continue
+        r = result.report
         row = {"seed": seed, "avg_gap": r["avg_gap"], "avg_gap_original": r["avg_gap_original"],
-               "unlearned": r["unlearned"], "original": r["original"], "retrain": r["retrain"]}
+               "unlearned": r["unlearned"], "original": r["original"], "retrain": r["retrain"],
+               "stats": {k: v for k, v in result.extras.items() if isinstance(v, (int, float))}}
         rows.append(row)
         print(json.dumps(row), flush=True)
     summary = {"forget": args.forget, "method": args.method, "preset": args.preset, "set": args.set, "recipe": args.recipe,

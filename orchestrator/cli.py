@@ -59,8 +59,13 @@ def cmd_unlearn(args, task, method) -> int:
     set_threads()
     if args.json and not Path(args.json).parent.exists():
         raise UserError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
-    result = task.run(run_config(args, task, method), _cache_dir(args), progress=not args.no_progress)
+    cfg = run_config(args, task, method)
+    result = task.run(cfg, _cache_dir(args), progress=not args.no_progress)
     print(task.format_table(result.report))
+    note = method.preset_note(args.preset, **task.preset_context(cfg)) if method and not picked(
+        args, method.config_class) else None
+    if note:
+        print(f"note: {note}")
     for path in result.extras.get("artifacts", []):
         print(f"sample grid: {path}")
     if args.json:

@@ -132,6 +132,10 @@ def test_ssd_dampens_only_the_selected_entries_and_keeps_batchnorm_statistics(di
     ("l1_sparse", "--alpha", "-1", "--alpha -1.0: must be >= 0"),
     ("salun", "--mask-ratio", "0", "--mask-ratio 0.0: must be in (0, 1]"),
     ("ssd", "--dampening", "0", "--dampening 0.0: must be > 0"),
+    ("ssd", "--importance-data", "shuffled", "--importance-data 'shuffled': allowed reference, augmented"),
+    ("salun", "--outside-mask", "keep", "--outside-mask 'keep': allowed restore, decay"),
+    ("scrub", "--temperature", "0", "--temperature 0.0: must be > 0"),
+    ("neggrad_plus", "--beta", "1.5", "--beta 1.5: must be in [0, 1]"),
 ])
 def test_bad_knobs_are_one_line_and_exit_2(tmp_path, capsys, name, knob, value, message):
     code = main(["unlearn", "--method", name, knob, value, "--cache-dir", str(tmp_path / "c")])
@@ -154,6 +158,12 @@ methods:
     search: {lr: {type: loguniform, low: 1.0e-5, high: 1.0e-3}}
   ssd:
     search: {alpha: {type: loguniform, low: 2.0, high: 20.0}}
+  scrub:
+    fixed: {epochs: 1, max_epochs: 1, batch_size: 128, forget_batch_size: 64}
+    search: {lr: {type: loguniform, low: 1.0e-4, high: 1.0e-3}}
+  neggrad_plus:  # nearly all retain descent: an unbounded forget ascent could diverge on some CPU
+    fixed: {epochs: 1, beta: 0.999}
+    search: {lr: {type: loguniform, low: 1.0e-4, high: 1.0e-3}}
 objectives:
   - {metric: forget_gap, direction: min}
   - {metric: retain_gap, direction: min}
@@ -175,10 +185,11 @@ def test_comparison_sweep_gives_each_method_its_budget_and_frontier(tmp_path, ca
     finally:
         ray.shutdown()
     df = ResultsTable(storage / "compare" / "results.parquet").read()
-    assert df.groupby("method").size().to_dict() == {"finetune": 2, "grad_ascent": 2, "ssd": 2}
+    methods = {"finetune", "grad_ascent", "ssd", "scrub", "neggrad_plus"}
+    assert df.groupby("method").size().to_dict() == {m: 2 for m in methods}
     assert (df["status"] == "ok").all()
     summary = json.loads((storage / "compare" / "summary.json").read_text())
-    assert set(summary["methods"]) == {"finetune", "grad_ascent", "ssd"}
+    assert set(summary["methods"]) == methods
     objectives, directions = ["forget_gap", "retain_gap"], ["min", "min"]
     for method, rows in df.groupby("method"):
         values = rows[objectives].to_numpy(dtype=float)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from orchestrator.cli import main
+from tests.measured import cli_report
 
 
 @pytest.mark.parametrize(
@@ -133,3 +134,13 @@ def test_train_then_unlearn_reuses_the_references_and_divergence_exits_3(tmp_pat
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("scissorhands: diverged: loss became") and "lower --lr" in err
     assert len(log.read_text().splitlines()) == 2
+
+
+def test_unlearn_says_in_one_line_when_its_defaults_cannot_help(tmp_path, shared_cache, capsys):
+    """Random forgetting of a small model: the auto values are the measured do-no-harm ones, and
+    the run says that unlearning can add only noise; a user who sets a knob is not told."""
+    cli_report(tmp_path, shared_cache, "random", "--forget", "random:0.1")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
+    assert len(lines) == 1 and "seed spread" in lines[0] and "only noise" in lines[0]
+    cli_report(tmp_path, shared_cache, "random-knob", "--forget", "random:0.1", "--epochs", "1")
+    assert "note: " not in capsys.readouterr().out

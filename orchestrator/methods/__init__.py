@@ -54,6 +54,10 @@ class Method(ABC):
             raise UserError(f"--preset {name!r}: allowed {', '.join(self.presets)} (method {self.name})")
         return self.config_class()
 
+    def preset_note(self, name: str, *, model_size: str = "small", forget_kind: str = "class") -> str | None:
+        """One line a run with this preset should print: what its measurements say it can do."""
+        return None
+
     def config(self, knobs: Any = None, **changes) -> Any:
         """A validated config: ``knobs`` (a config, a dict, or None for the defaults) with ``changes``."""
         if knobs is None or isinstance(knobs, dict):

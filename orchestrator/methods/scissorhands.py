@@ -3,10 +3,12 @@
 1. score (train mode, as the reference): G = sum over forget batches of |dL_f/dtheta|;
    s = |theta * G| (SNIP sensitivity)
 2. trim: the reference's global cut over all parameters (k-th smallest score, guard);
-   re-initialise the selected entries of eligible layers from the layer's init distribution
+   re-initialise the selected entries of the trim layers' parameters whose names lack 'bn' (the
+   reference's rule: a shortcut's BatchNorm is trimmed, 1-d weights drawn from U(-1, 1))
 3. repair: SGD on L_r - lambda * L_f; on steps that pair a retain with a forget batch, GEM-project
    the gradient on the projected set S against r = grad(-L_f) of a frozen eval-mode copy taken
-   at the start of every epoch. Retain-only steps (D_f ran out) are plain SGD, as there.
+   at the start of every epoch (``memory_batches`` > 1: the reference's cumulative columns, one
+   constraint each, a small QP). Retain-only steps (D_f ran out) are plain SGD, as there.
 All tensor math goes through ``kernels``.
 """
 from __future__ import annotations
@@ -91,15 +93,29 @@ REFERENCE = ScissorhandsConfig()
 # keyed by (model size, forget kind).
 # Large models (ResNet-18, the paper's CIFAR-10 setting) keep the reference values: that is
 # where they were tuned, and it cannot be re-measured on a CPU.
-_SMALL_CLASS = replace(REFERENCE, trim_ratio=0.01, projection_strength=0.0, epochs=5)
+# Trimming conv / linear only (by_type) measured closer to retrain than the reference's name rule
+# on every held-out seed 3-7 (class:3: 0.30 vs 0.43 Avg. Gap; README).
+_SMALL_CLASS = replace(REFERENCE, trim_ratio=0.01, projection_strength=0.0, epochs=5, trim_rule="by_type")
 _SMALL_MISLABELED = replace(_SMALL_CLASS, forget_weight=0.01, epochs=3)
 MEASURED_DEFAULTS: dict[tuple[str, str], ScissorhandsConfig] = {
     ("small", "class"): _SMALL_CLASS,
-    ("small", "random"): replace(_SMALL_MISLABELED, trim_ratio=0.003, lr=2e-3, epochs=2),
+    # No setting measured beats doing nothing here (below): the mildest that still trims, which
+    # does no measurable harm on held-out seeds 3-7 (improvement -0.07 [-0.48, 0.34]; the earlier
+    # trim 0.003, lr 2e-3, 2 epochs: -0.53 [-2.24, 1.18]).
+    ("small", "random"): replace(_SMALL_MISLABELED, trim_ratio=3e-4, lr=1e-3, epochs=1),
     ("small", "mislabeled"): _SMALL_MISLABELED,
     ("large", "class"): REFERENCE,
     ("large", "random"): REFERENCE,
     ("large", "mislabeled"): REFERENCE,
+}
+
+
+# What ``unlearn`` says when it runs the auto values of a setting where they cannot help.
+PRESET_NOTES: dict[tuple[str, str], str] = {
+    ("small", "random"): (
+        "for random forgetting of a small model no setting measured beat doing nothing on held-out seeds "
+        "(mnist5k): a model that generalises is already within the retrain model's seed spread, so unlearning can "
+        "add only noise; these auto values do no measurable harm (README, 'how the defaults were chosen')"),
 }
 
 
@@ -173,6 +189,9 @@ class Scissorhands(Method):
     def preset(self, name: str, *, model_size: str = "small", forget_kind: str = "class") -> ScissorhandsConfig:
         super().preset(name)
         return REFERENCE if name == "reference" else MEASURED_DEFAULTS[(model_size, forget_kind)]
+
+    def preset_note(self, name: str, *, model_size: str = "small", forget_kind: str = "class") -> str | None:
+        return PRESET_NOTES.get((model_size, forget_kind)) if name == "auto" else None
 
     def layers(self, model: nn.Module, cfg: ScissorhandsConfig) -> dict[str, list[str]]:
         return layer_selection(model, cfg)
