@@ -56,5 +56,6 @@ def test_other_scoring_knobs_or_another_generator_are_other_work(tmp_path, tiny_
                               shared=shared)
         return shared
 
-    assert [ssd(0).hits, ssd(0, batch_size=128).hits, ssd(1).hits] == [0, 0, 0]
-    assert len(list(tmp_path.glob(f"{SHARED_PREFIX}*.pt"))) == 3
+    assert [ssd(0).hits, ssd(0, batch_size=64).hits, ssd(0, importance_data="augmented").hits,
+            ssd(1).hits] == [0, 0, 0, 0]
+    assert len(list(tmp_path.glob(f"{SHARED_PREFIX}*.pt"))) == 4
