@@ -231,3 +231,28 @@ def test_the_larger_built_in_models_build_and_classify(name, blocks):
         assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     layers = {n.split(".")[0] for n, _ in model.named_parameters() if n.startswith("layer")}
     assert len(layers) == blocks
+
+
+def test_several_memory_batches_project_against_each_column_unless_summed(tiny_references):
+    """memory_batches 3: the reference's three cumulative columns (a QP with three constraints)
+    and one summed memory are different repairs. Random forgetting on a trained model: its
+    forget and retain gradients agree, so the projection fires (class-wise, they rarely conflict)."""
+    import copy
+
+    from orchestrator import get_method
+    from orchestrator.tasks.classification.references import get_reference
+    from orchestrator.tasks.classification.task import prepare
+    from tests.measured import tiny_config
+
+    cfg = tiny_config("random:0.1")
+    data = prepare(cfg)
+    original = get_reference("original", cfg, data, tiny_references, progress=False, build=False).model
+    models, rates = {}, {}
+    for mode in ("columns", "sum"):
+        knobs = ScissorhandsConfig(epochs=1, memory_batches=3, projection_strength=0.5, memory_mode=mode)
+        epochs = []
+        models[mode] = get_method("scissorhands").run(copy.deepcopy(original), data, knobs,
+                                                      torch.Generator().manual_seed(0), on_epoch=epochs.append).model
+        rates[mode] = epochs[0]["projection_rate"]
+    assert rates["columns"] > 0 and rates["sum"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(models["columns"].parameters(), models["sum"].parameters()))
