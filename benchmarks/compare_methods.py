@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from orchestrator.errors import UserError  # noqa: E402
 from orchestrator.stats import Summary, summarize  # noqa: E402
 from orchestrator.sweep.frontier_table import load_results  # noqa: E402
 from orchestrator.sweep.paths import SweepPaths  # noqa: E402
@@ -42,31 +43,46 @@ def main() -> None:
     p.add_argument("--storage", type=Path, default=Path("runs"))
     p.add_argument("--rule", default=None, help="default: min- the task's headline metric")
     p.add_argument("--validate-seeds", type=int, default=5)
+    p.add_argument("--also", nargs="*", default=[], metavar="NAME",
+                   help="more comparison sweeps of the same seeds and forget set; their methods replace these")
     args = p.parse_args()
     set_threads()
     df, spec_dict = load_results(args.storage, args.name)
     spec = parse_spec(spec_dict)
+    sweeps = [(args.name, method) for method in spec.methods]
+    for extra in args.also:
+        other = parse_spec(load_results(args.storage, extra)[1])
+        for key in ("seeds", "forget", "dataset", "model", "recipe"):
+            if getattr(other, key, None) != getattr(spec, key, None):
+                raise SystemExit(f"--also {extra}: its {key} {getattr(other, key, None)!r} differs from "
+                                 f"{args.name}'s {getattr(spec, key, None)!r}; a comparison needs the same")
+        sweeps = [(n, m) for n, m in sweeps if m not in other.methods] + [(extra, m) for m in other.methods]
     task = spec.per_method()[0].task_contract
     headline = task.headline_metric
     # The task's table metrics but its headline (a column of its own), then the time.
     columns = (*(m for m in task.table_metrics if m != headline), task.time_metric)
-    rows = []
-    for method in spec.methods:
-        chosen, _ = pick(args.storage, args.name, args.rule, [], alias=f"best-{method}",
-                         model_name=f"{args.name}-{method}", validate_seeds=args.validate_seeds, progress=False,
-                         method=method)
+    rows, ours = [], None
+    for name, method in sweeps:
+        try:
+            chosen, _ = pick(args.storage, name, args.rule, [], alias=f"best-{method}",
+                             model_name=f"{name}-{method}", validate_seeds=args.validate_seeds, progress=False,
+                             method=method)
+        except UserError as exc:  # e.g. every trial of the method failed: nothing to validate
+            row = {"method": method, "sweep": name, "no_pick": str(exc)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            continue
         v = chosen["validation"]
-        row = {"method": method, "trial_id": chosen["trial_id"], "config": chosen["config"],
+        row = {"method": method, "sweep": name, "trial_id": chosen["trial_id"], "config": chosen["config"],
                f"search_{headline}": chosen["search"].get(headline), "diverged": v["diverged"],
                headline: v.get(headline), "improvement": v.get("improvement"),
                **{k: v["metrics"][k] for k in columns if k in v["metrics"]}}
-        row["_per_seed"] = {r["seed"]: r[headline] for r in v["per_seed"] if headline in r}
+        per_seed = {r["seed"]: r[headline] for r in v["per_seed"] if headline in r}
+        if method == "scissorhands":
+            ours = per_seed
+        elif ours is not None:
+            row["scissorhands_minus_method"] = paired_difference(ours, per_seed, method)
         rows.append(row)
-    ours = next((r["_per_seed"] for r in rows if r["method"] == "scissorhands"), None)
-    for row in rows:
-        per_seed = row.pop("_per_seed")
-        if ours is not None and row["method"] != "scissorhands":
-            row["scissorhands_minus_method"] = paired_difference(ours, per_seed, row["method"])
         print(json.dumps(row), flush=True)
     # The references of the held-out seeds (cached by the picks' validation).
     seeds = held_out_seeds(spec.seeds, args.validate_seeds)
@@ -82,6 +98,9 @@ def main() -> None:
           "(paired) | closer to retrain | " + " | ".join(names) + " |")
     print("|---" * (len(columns) + 4) + "|")
     for row in rows:
+        if "no_pick" in row:
+            print(f"| {row['method']} | no pick: {row['no_pick']} |" + " - |" * (len(columns) + 2))
+            continue
         gap = interval(row[headline]) if row.get(headline) else "-"
         paired = row.get("scissorhands_minus_method")
         diff = interval(paired) if paired and paired["n"] > 1 else "-"
