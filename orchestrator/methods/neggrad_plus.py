@@ -32,6 +32,12 @@ class NegGradPlusConfig(SGDKnobs):
     bn_mode: str = "eval"  # eval | train
     augment: bool = False
 
+    HELP = {
+        "beta": "loss = beta * CE(retain) - (1 - beta) * CE(forget)",
+        "bn_mode": "BatchNorm while training: eval (running statistics, Deep Unlearn) or train",
+        "augment": "augment the batches (Deep Unlearn: no)",
+    }
+
     def validate(self) -> None:
         super().validate()
         need_field(0 <= self.beta <= 1, self, "beta", "must be in [0, 1]")

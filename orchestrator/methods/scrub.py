@@ -45,6 +45,16 @@ class ScrubConfig:
     batch_size: int = 32  # D_r
     forget_batch_size: int = 16
 
+    HELP = {
+        "max_epochs": "the first epochs that start with a max pass over D_f (msteps)",
+        "lr_decay_epochs": "lr x lr_decay_rate after each of these epochs",
+        "temperature": "distillation temperature T (kd_T)",
+        "ce_weight": "weight of the retain cross-entropy in the min pass (gamma)",
+        "kl_weight": "weight of KL(teacher || student) in the min pass (alpha)",
+        "batch_size": "retain batch size",
+        "forget_batch_size": "forget batch size of the max pass",
+    }
+
     def validate(self) -> None:
         need_field(self.epochs >= 0, self, "epochs", "must be >= 0")
         need_field(self.max_epochs >= 0, self, "max_epochs", "must be >= 0")
