@@ -68,9 +68,13 @@ class SSD(Method):
 
     def unlearn(self, model, data, cfg, generator, *, on_epoch, backend, shared):
         model.eval()
-        natural = data.dataset.natural_images
-        # D in the reference's order: the retain set, then the forget set.
-        x_all, y_all = torch.cat([data.x_retain, data.x_forget]), torch.cat([data.y_retain, data.y_forget])
+        natural, ds = data.dataset.natural_images, data.dataset
+        # D in the reference's order: the retain set, then the forget set (augmented: the
+        # training set as stored, shuffled anyway, as this project did before).
+        if cfg.importance_data == "reference":
+            x_all, y_all = torch.cat([data.x_retain, data.x_forget]), torch.cat([data.y_retain, data.y_forget])
+        else:
+            x_all, y_all = ds.x_train, ds.y_train
 
         def both() -> list[torch.Tensor]:
             return [*importance(model, data.x_forget, data.y_forget, cfg, natural, generator, backend),
