@@ -57,6 +57,7 @@ def main() -> None:
                 raise SystemExit(f"--also {extra}: its {key} {getattr(other, key, None)!r} differs from "
                                  f"{args.name}'s {getattr(spec, key, None)!r}; a comparison needs the same")
         sweeps = [(n, m) for n, m in sweeps if m not in other.methods] + [(extra, m) for m in other.methods]
+    sweeps.sort(key=lambda sweep: sweep[1] != "scissorhands")  # first: every rival is paired with it
     task = spec.per_method()[0].task_contract
     headline = task.headline_metric
     # The task's table metrics but its headline (a column of its own), then the time.
@@ -78,6 +79,7 @@ def main() -> None:
                headline: v.get(headline), "improvement": v.get("improvement"),
                **{k: v["metrics"][k] for k in columns if k in v["metrics"]}}
         per_seed = {r["seed"]: r[headline] for r in v["per_seed"] if headline in r}
+        row[f"per_seed_{headline}"] = per_seed
         if method == "scissorhands":
             ours = per_seed
         elif ours is not None:
