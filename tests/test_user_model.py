@@ -167,8 +167,8 @@ def test_bad_user_input_is_one_line_exit_2_and_writes_nothing(user, tmp_path, ca
         extra = ["--dataset", f"parquet:{tmp_path / 'd.parquet'}", "--forget", "class:0"]
     elif case == "bad_regex":
         extra = ["--trim-layers", "layer4"]
-    elif case == "norm_only":
-        extra = ["--trim-layers", r"\.ln\."]
+    elif case == "norm_only":  # the reference's name rule would trim a norm not named 'bn'; by type, never
+        extra = ["--trim-layers", r"\.ln\.", "--trim-rule", "by_type"]
     assert unlearn(user, tmp_path, *extra) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
