@@ -26,6 +26,17 @@ def _threads():
     torch.set_num_threads(torch_threads(max(1, min(2, os.cpu_count() or 1))))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_left_behind():
+    """A module that started a local Ray (a sweep, a pick) shuts it down: the next module on the
+    same worker starts from no Ray, as a user's command does."""
+    yield
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+
+
 @pytest.fixture(scope="module")
 def trial_threads():
     """A module's torch threads as one Ray trial gets them: OMP_NUM_THREADS, else one (tiny
