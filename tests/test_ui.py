@@ -39,7 +39,10 @@ def test_ui_serves_the_sweep_store_on_loopback(tmp_path):
         stop_group(proc)
 
 
-def test_ui_without_a_store_is_a_user_error(tmp_path, capsys):
+def test_ui_without_a_store_is_a_user_error(tmp_path, capsys, monkeypatch):
+    # $MLFLOW_TRACKING_URI would name a store: this one must have none (with one, `ui` would
+    # exec mlflow in place of this test process).
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert main(["ui", "--storage", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no MLflow store" in err

@@ -235,7 +235,9 @@ def test_sweep_on_parquet_without_retrain_then_pick_and_load(user, tmp_path, cap
     assert main(["pick", "mine", "--rule", "max-RA", "--storage", str(storage), "--validate-seeds", "1",
                  "--no-progress", "--json", str(tmp_path / "pick.json")]) == 0
     chosen = json.loads((tmp_path / "pick.json").read_text())
-    mlflow.set_tracking_uri(chosen["tracking_uri"])
+    # Through the environment, undone after the test: mlflow.set_tracking_uri would export it for
+    # the rest of this worker (and `scissorhands ui` in a later test would serve this store).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chosen["tracking_uri"])
     model = mlflow.pytorch.load_model(chosen["model_uri"])
     x = torch.from_numpy(digits()[1][0][:8]).float().div(255)[:, None]
     assert model(x).shape == (8, 3)
@@ -247,7 +249,6 @@ def test_sweep_on_parquet_without_retrain_then_pick_and_load(user, tmp_path, cap
 
     # The registered model, and the trial run's model, are valid --original themselves (MLflow
     # model URIs): evaluated with the trial's threads they score exactly the RA the trial logged.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", chosen["tracking_uri"])
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch_threads(1)))
     r = user["root"]
     for i, uri in enumerate((chosen["model_uri"], f"runs:/{chosen['run_id']}/model")):
