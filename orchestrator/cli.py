@@ -62,8 +62,8 @@ def cmd_unlearn(args, task, method) -> int:
     cfg = run_config(args, task, method)
     result = task.run(cfg, _cache_dir(args), progress=not args.no_progress)
     print(task.format_table(result.report))
-    note = method.preset_note(args.preset, **task.preset_context(cfg)) if method and not picked(
-        args, method.config_class) else None
+    set_knobs = picked(args, method.config_class)  # the note is about the preset's own values
+    note = None if set_knobs else method.preset_note(args.preset, **task.preset_context(cfg))
     if note:
         print(f"note: {note}")
     for path in result.extras.get("artifacts", []):

@@ -36,12 +36,12 @@ def relabelled(data: UnlearnData, relabel: str,
                generator: torch.Generator) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
     """Per epoch: D_f with random labels, then D_r: the one training set of RL (and SalUn)."""
     x = torch.cat([data.x_forget, data.x_retain])
-    drawn: dict[int, torch.Tensor] = {}
+    labels: list[torch.Tensor] = []  # the current draw
 
     def epoch_data(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if relabel == "epoch" or not drawn:
-            drawn[0] = torch.randint(0, data.dataset.num_classes, (len(data.y_forget),), generator=generator)
-        return x, torch.cat([drawn[0], data.y_retain])
+        if relabel == "epoch" or not labels:
+            labels[:] = [torch.randint(0, data.dataset.num_classes, (len(data.y_forget),), generator=generator)]
+        return x, torch.cat([labels[0], data.y_retain])
 
     return epoch_data
 

@@ -98,8 +98,9 @@ class GradientProjection:
         for _ in range(batches):
             grads = forget_grads(frozen, params)
             torch._foreach_add_(memory, [-g if g is not None else torch.zeros_like(m) for g, m in zip(grads, memory)])
-            columns.append([m.clone() for m in memory] if self.memory_mode == "columns" else memory)
-        self.columns = columns if self.memory_mode == "columns" else columns[-1:]
+            if self.memory_mode == "columns":
+                columns.append([m.clone() for m in memory])
+        self.columns = columns if self.memory_mode == "columns" else [memory]
 
     def __call__(self, step: int) -> dict[str, float]:
         """Project the gradients in place (every ``every`` steps); returns whether it fired."""
@@ -121,7 +122,7 @@ def repair_loop(
     steps: Callable[[int], Iterable[Any]],
     loss: Callable[[Any], tuple[torch.Tensor, dict[str, float]]],
     before_step: Callable[[int, Any], dict[str, float]] | None = None,
-    after_step: Callable[[], None] | None = None,
+    after_step: Callable[[torch.optim.Optimizer], None] | None = None,
     start_epoch: Callable[[int], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     train_mode: bool = True,
@@ -148,7 +149,7 @@ def repair_loop(
                 stats = {**stats, **before_step(step, batch)}
             optimizer.step()
             if after_step:
-                after_step()
+                after_step(optimizer)
             for key, v in stats.items():
                 sums[key] += v
             n += 1
@@ -213,9 +214,8 @@ def fine_tune(model: nn.Module, epoch_data: Callable[[int], tuple[torch.Tensor, 
             total = total + penalty(state["epoch"])
         return total, stats
 
-    optimizer = sgd(model, cfg)
-    return repair_loop(model, optimizer, epochs=cfg.epochs, steps=steps, loss=loss, before_step=before_step,
-                       after_step=(lambda: after_step(optimizer)) if after_step else None,
+    return repair_loop(model, sgd(model, cfg), epochs=cfg.epochs, steps=steps, loss=loss, before_step=before_step,
+                       after_step=after_step,
                        on_epoch=on_epoch, where=where, hint=f"lower --lr (now {cfg.lr})")
 
 
