@@ -104,6 +104,8 @@ def cmd_sweep(args) -> int:
     print(f"\nresults: {store.uri(paths.rel(paths.results))}")
     for plot in summary.get("plots", []):
         print(f"plot:    {store.uri(paths.rel(paths.root / Path(plot).name))}")
+    for warning in summary.get("warnings", []):
+        print(f"warning: {warning}")
     if "hypervolume" in summary:
         print(f"hypervolume: {summary['hypervolume']:.4g} (reference point {summary['hypervolume_reference_point']})")
     print(f"dashboard: scissorhands ui --storage {args.storage}   (then open http://127.0.0.1:5000)")
@@ -131,14 +133,19 @@ def cmd_pick(args) -> int:
     chosen, table = pick(store, args.name, args.rule, args.where or [], alias=args.alias,
                          model_name=args.model_name, tracking_uri=args.tracking_uri,
                          frontier_only=args.frontier_only, validate_seeds=args.validate_seeds,
-                         progress=not args.no_progress, method=args.pick_method, address=args.address)
+                         progress=not args.no_progress, method=args.pick_method, address=args.address,
+                         trust_retrain=args.trust_retrain)
     print(f"trial {chosen['trial_id']}: {json.dumps(chosen['config'])}")
     print(table)
     validation = chosen["validation"]
     if validation and validation.get("diverged"):
         print(f"diverged on held-out seeds: {', '.join(str(d['seed']) for d in validation['diverged'])}")
+    for warning in chosen["warnings"]:
+        print(f"warning: {warning}")
     if chosen["alias"]:
         print(f"registered {chosen['model_uri']}; load it with: mlflow.pytorch.load_model({chosen['model_uri']!r})")
+    elif validation is None or validation.get("improves_on_original", True):
+        print(f"registered as {chosen['model_uri']} without the {args.alias!r} alias: {chosen['alias_withheld']}")
     else:
         imp, label = validation["improvement"], sweep_task(store.root, args.name).headline_label
         print(f"not better than doing nothing on {len(validation['seeds'])} held-out seeds ({label} improvement "
@@ -226,6 +233,8 @@ def build_parser(task_name: str = "classification", method_name: str | None = No
     p.add_argument("--model-name", default=None, help="registered model name (default: the sweep name)")
     p.add_argument("--validate-seeds", type=int, default=5,
                    help="re-run the pick on N seeds the search never used before registering (0 skips)")
+    p.add_argument("--trust-retrain", action="store_true",
+                   help="set the alias even where the retrain reference is flagged as far below the original")
     p.add_argument("--json", default=None, help="write the pick and its validation here")
     p.add_argument("--address", default=None,
                    help="Ray cluster the held-out seeds run on: auto | ray://HOST:10001 | HOST:6379 (default: local)")

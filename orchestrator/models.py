@@ -25,17 +25,97 @@ from orchestrator.errors import FieldError, UserError
 from orchestrator.registry import Registry
 
 
+NORMALIZE_HELP = ("dataset (the training split's per-channel mean / std) | none (x / 255 as it is) | MEAN,STD "
+                  "(one value each for every channel, or C means then C stds); default dataset, hf:DIR: the "
+                  "folder's preprocessor_config.json where it has one")
+
+
+def parse_normalize(value: str | None) -> str | tuple[float, ...] | None:
+    """``--normalize``: None (the model's default), ``dataset``, ``none`` or the given numbers."""
+    if value is None or value in ("dataset", "none"):
+        return value
+    try:
+        numbers = tuple(float(v) for v in str(value).split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) < 2 or len(numbers) % 2 or not all(math.isfinite(v) for v in numbers):
+        raise FieldError("normalize", value, "allowed dataset, none, MEAN,STD or C means then C stds (e.g. "
+                         "0.485,0.456,0.406,0.229,0.224,0.225)")
+    if min(numbers[len(numbers) // 2:]) <= 0:
+        raise FieldError("normalize", value, "every STD must be > 0")
+    return numbers
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a model's input goes through: ``x / 255``, then ``(x - mean) / std`` per channel.
+    ``rule``: dataset (the training split's), none, given (``--normalize MEAN,STD``) or
+    image_processor (a Hugging Face folder's ``preprocessor_config.json``)."""
+
+    rule: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def as_dict(self) -> dict:
+        return {"normalize": self.rule, "mean": [round(v, 6) for v in self.mean], "std": [round(v, 6) for v in self.std]}
+
+    def describe(self) -> str:
+        numbers = lambda v: ",".join(f"{x:.4g}" for x in v)  # noqa: E731
+        return f"(x / 255 - [{numbers(self.mean)}]) / [{numbers(self.std)}] (--normalize {self.rule})"
+
+
+def _image_processor_stats(name: str) -> tuple[str, tuple, tuple] | None:
+    """A Hugging Face folder's own normalisation (``preprocessor_config.json``), if it has one."""
+    path = _hf_folder(name) / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    import json
+
+    config = json.loads(path.read_text())
+    if config.get("do_normalize") is False:
+        return "none", (), ()
+    mean, std = config.get("image_mean"), config.get("image_std")
+    return ("image_processor", tuple(map(float, mean)), tuple(map(float, std))) if mean and std else None
+
+
+def preprocessing(normalize: str | None, model: str, x_train: torch.Tensor) -> Preprocessing:
+    """The preprocessing ``--normalize`` (None: the model's default) declares for ``x_train``
+    (floats in [0, 1], NCHW)."""
+    channels = x_train.shape[1]
+    rule = parse_normalize(normalize)
+    declared = _image_processor_stats(model) if rule is None and model.startswith("hf:") else None
+    if declared is not None:
+        rule, mean, std = declared
+    elif rule in (None, "dataset"):
+        rule, mean, std = "dataset", x_train.mean(dim=(0, 2, 3)).tolist(), x_train.std(dim=(0, 2, 3)).tolist()
+    elif rule == "none":
+        mean, std = (), ()
+    else:
+        half = len(rule) // 2
+        mean, std, rule = rule[:half], rule[half:], "given"
+    if rule == "none":
+        mean, std = (0.0,) * channels, (1.0,) * channels
+    if len(mean) == 1:
+        mean, std = tuple(mean) * channels, tuple(std) * channels
+    if len(mean) != channels:
+        source = "the folder's preprocessor_config.json" if rule == "image_processor" else f"--normalize {normalize}"
+        each = f", or {channels} of each" if channels > 1 else ""
+        raise UserError(f"{source}: {len(mean)} means and {len(std)} stds for images of {channels} channel(s); give "
+                        f"one mean and one std{each}")
+    return Preprocessing(rule, tuple(float(v) for v in mean), tuple(float(v) for v in std))
+
+
 class NormalizesInput(nn.Module):
-    """Per-channel input normalisation as buffers, set from the training split."""
+    """Per-channel input normalisation as buffers (:class:`Preprocessing`)."""
 
     def __init__(self, in_channels: int):
         super().__init__()
         self.register_buffer("mean", torch.zeros(1, in_channels, 1, 1))
         self.register_buffer("std", torch.ones(1, in_channels, 1, 1))
 
-    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.mean.copy_(mean.view_as(self.mean))
-        self.std.copy_(std.clamp_min(1e-3).view_as(self.std))
+    def preprocess_as(self, prep: Preprocessing) -> None:
+        self.mean.copy_(torch.tensor(prep.mean).view_as(self.mean))
+        self.std.copy_(torch.tensor(prep.std).clamp_min(1e-3).view_as(self.std))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

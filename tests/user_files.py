@@ -44,10 +44,35 @@ def broken(in_channels, num_classes):
 '''
 
 
-def write_model_module(folder: Path, name: str = "usernet") -> Path:
+# The issue's model: a small CNN with LayerNorm after global pooling and a head named
+# "classifier_head", as people train it on x / 255 (no other normalisation).
+SILHOUETTE_MODULE = '''
+from torch import nn
+
+
+class SilhouetteNet(nn.Module):
+    def __init__(self, in_channels, num_classes):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(64))
+        self.classifier_head = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        return self.classifier_head(self.features(x))
+
+
+def build(in_channels, num_classes):
+    return SilhouetteNet(in_channels, num_classes)
+'''
+
+
+def write_model_module(folder: Path, name: str = "usernet", source: str = MODEL_MODULE) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.py"
-    path.write_text(MODEL_MODULE)
+    path.write_text(source)
     return path
 
 
@@ -59,16 +84,18 @@ def class_names(classes=(0, 1, 2)) -> list[str]:
     return sorted(NAMES[c] for c in classes)
 
 
-def digits(classes=(0, 1, 2), train_per_class: int = 60, test_per_class: int = 20):
+def digits(classes=(0, 1, 2), train_per_class: int = 60, test_per_class: int = 20, invert: bool = False):
     """Real bundled digits of a few classes: (train images, labels), (test images, labels),
-    labelled by the sorted class names (as an image folder of them is)."""
+    labelled by the sorted class names (as an image folder of them is); ``invert``: dark
+    strokes on white, like silhouettes."""
     ds = load_mnist5k()
     names = class_names(classes)
 
     def take(x, y, per_class):
         idx = np.concatenate([np.nonzero(y.numpy() == c)[0][:per_class] for c in classes])
         labels = np.array([names.index(NAMES[d]) for d in y.numpy()[idx]])
-        return x.numpy()[idx, 0], labels
+        images = x.numpy()[idx, 0]
+        return (255 - images if invert else images), labels
 
     return take(ds.x_train, ds.y_train, train_per_class), take(ds.x_test, ds.y_test, test_per_class)
 

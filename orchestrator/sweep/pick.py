@@ -10,6 +10,8 @@ from pathlib import Path
 from orchestrator.errors import UserError
 from orchestrator.stats import Summary, headline_pair, interval_text, paired_improvement, summarize
 from orchestrator.sweep.frontier_table import load_results
+from orchestrator.sweep.paths import SweepPaths
+from orchestrator.sweep.references import reference_warnings
 from orchestrator.sweep.spec import parse_spec
 from orchestrator.sweep.store import SweepStore
 from orchestrator.sweep.tracking import default_tracking_uri
@@ -97,6 +99,10 @@ def validate(spec, searched: dict, seeds: list[int], location: str, progress: bo
     runs = {seed: submit_validation(spec, searched, seed, location, [r for s, _, r in references if s == seed])
             for seed in seeds}
     built = gather({(s, role): r for s, role, r in references}, describe_reference, "held-out references", progress)
+    held_out_refs: dict[int, dict] = {}
+    for (seed, role), record in built.items():
+        if record["metrics"] is not None:
+            held_out_refs.setdefault(seed, {})[role] = record["metrics"]
     done = gather(runs, _describe_run, "validate on held-out seeds", progress)
     records = [done[seed] for seed in seeds]
     per_seed = [r["metrics"] for r in records if "metrics" in r]
@@ -105,7 +111,8 @@ def validate(spec, searched: dict, seeds: list[int], location: str, progress: bo
     out: dict = {"seeds": seeds, "diverged": diverged,
                  "per_seed": [{"seed": r["seed"], **r["metrics"]} for r in records if "metrics" in r],
                  "work": [{"what": f"reference {k[1]}", **_where(built[k])} for k in sorted(built)]
-                 + [{"what": "unlearning run", **_where(r)} for r in records]}
+                 + [{"what": "unlearning run", **_where(r)} for r in records],
+                 "warnings": reference_warnings(held_out, held_out_refs)}
     keys = per_seed[0] if per_seed else {}
     out["metrics"] = {k: summarize(m[k] for m in per_seed).as_dict() for k in keys}
     for key in pair:
@@ -118,6 +125,14 @@ def validate(spec, searched: dict, seeds: list[int], location: str, progress: bo
         out["improvement"] = _interval(s.as_dict())
         out["improves_on_original"] = better and not diverged
     return out
+
+
+def stored_warnings(storage: Path, name: str) -> list[str]:
+    """The warnings a finished sweep recorded about its references (``summary.json``)."""
+    import json
+
+    path = SweepPaths(storage, name).summary
+    return json.loads(path.read_text()).get("warnings", []) if path.is_file() else []
 
 
 def _where(record: dict) -> dict:
@@ -162,10 +177,11 @@ def side_by_side(row, validation: dict | None, metrics: tuple[str, ...]) -> str:
 def pick(storage: str | Path | SweepStore, name: str, rule: str | None, where: list[str], *, alias: str = "champion",
          model_name: str | None = None, tracking_uri: str | None = None, frontier_only: bool = False,
          validate_seeds: int = 5, progress: bool = True, method: str | None = None,
-         address: str | None = None) -> tuple[dict, str]:
+         address: str | None = None, trust_retrain: bool = False) -> tuple[dict, str]:
     """Returns the pick (the ``--json`` contract) and a search-vs-validation table. ``rule``
     None: the task's :func:`default_rule`. The validation runs on the Ray cluster at
-    ``address`` (None: a local Ray)."""
+    ``address`` (None: a local Ray). A sweep (or held-out seed) whose references the task
+    warns about gets no alias unless ``trust_retrain``."""
     from mlflow.tracking import MlflowClient
 
     from orchestrator.sweep.work import ensure_ray
@@ -192,6 +208,8 @@ def pick(storage: str | Path | SweepStore, name: str, rule: str | None, where: l
         seeds = held_out_seeds(spec.seeds, validate_seeds)
         ensure_ray(address)
         validation = validate(spec, searched, seeds, store.location, progress)
+
+    warnings = stored_warnings(storage, name) + (validation or {}).get("warnings", [])
 
     uri = tracking_uri or default_tracking_uri(Path(storage))
     client = MlflowClient(uri)
@@ -221,9 +239,19 @@ def pick(storage: str | Path | SweepStore, name: str, rule: str | None, where: l
                 tags[f"validated_{key}"] = f"{v['mean']:.4f} [{v['ci95_low']:.4f}, {v['ci95_high']:.4f}]"
         if "improves_on_original" in validation:
             tags["improves_on_original"] = str(validation["improves_on_original"]).lower()
+    if "preprocessing" in run.data.tags:  # how inputs must be prepared for the registered model
+        tags["preprocessing"] = run.data.tags["preprocessing"]
+    if warnings:
+        tags["reference_warnings"] = " | ".join(warnings)[:5000]
     version = client.create_model_version(registered, f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags)
-    # The alias is what users deploy: it goes only to a pick that held up on unseen seeds.
-    endorsed = validation is None or validation.get("improves_on_original", True)
+    # The alias is what users deploy: it goes only to a pick that held up on unseen seeds, measured
+    # against references worth measuring against.
+    withheld = None
+    if validation is not None and not validation.get("improves_on_original", True):
+        withheld = "not better than doing nothing on the held-out seeds"
+    elif warnings and not trust_retrain:
+        withheld = "the sweep's references are flagged (warnings); pass --trust-retrain to set it anyway"
+    endorsed = withheld is None
     if endorsed:
         client.set_registered_model_alias(registered, alias, version.version)
     search = {k: float(best[k]) for k in (*task.metrics, *task.baseline_metrics, "improvement") if k in best.index}
@@ -232,5 +260,5 @@ def pick(storage: str | Path | SweepStore, name: str, rule: str | None, where: l
         "model_uri": f"models:/{registered}@{alias}" if endorsed else f"models:/{registered}/{version.version}",
         "run_id": run_id, "rule": rule, "where": where, col: float(best[col]),
         "pareto": bool(best.get("pareto", False)), "registered_model": registered, "version": int(version.version),
-        "alias": alias if endorsed else None, "tracking_uri": uri,
+        "alias": alias if endorsed else None, "alias_withheld": withheld, "warnings": warnings, "tracking_uri": uri,
     }, side_by_side(best, validation, side_by_side_metrics(task))

@@ -1,5 +1,5 @@
-"""A sweep's references as points in objective space: the plots' markers. (They are built by
-Ray tasks, ``sweep/work.py``.)"""
+"""A sweep's references as points in objective space (the plots' markers), and what makes them
+poor targets (the task's warnings). (They are built by Ray tasks, ``sweep/work.py``.)"""
 from __future__ import annotations
 
 from orchestrator.stats import summarize
@@ -18,3 +18,9 @@ def markers(spec: SweepSpec, refs: dict[int, dict]) -> dict[str, dict[str, float
             s = summarize(m[key] for m in rows)
             out[role].update({key: s.mean, f"{key}_ci95": s.ci95})
     return out
+
+
+def reference_warnings(spec: SweepSpec, refs: dict[int, dict]) -> list[str]:
+    """The task's warnings about each seed's references (core metrics by seed and role)."""
+    task = spec.task_contract
+    return [w for seed in sorted(refs) for w in task.reference_warnings(spec.run_config({}, seed), refs[seed])]

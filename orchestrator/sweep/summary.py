@@ -14,7 +14,7 @@ from orchestrator.sweep.callback import RACED, refresh_pareto
 from orchestrator.sweep.pareto import hypervolume, pareto_mask
 from orchestrator.sweep.paths import SweepPaths
 from orchestrator.sweep.plots import plot_frontier, plot_methods
-from orchestrator.sweep.references import markers as reference_markers
+from orchestrator.sweep.references import markers as reference_markers, reference_warnings
 from orchestrator.sweep.results import ResultsTable
 from orchestrator.sweep.spec import SweepSpec
 
@@ -48,6 +48,9 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
     client = MlflowClient(tracking_uri)
     summary = {"trials": int(len(df)), "completed": int((df.get("status") == "ok").sum()) if len(df) else 0,
                "frontier": int(mask.sum()), "timing": timing, "references": references}
+    summary["warnings"] = reference_warnings(spec, refs)
+    if summary["warnings"]:
+        client.set_tag(parent_run_id, "warnings", " | ".join(summary["warnings"])[:5000])
     if "shared_seconds_saved" in df:  # scores / saliency / importances found instead of computed
         summary["shared_seconds_saved"] = round(float(df["shared_seconds_saved"].fillna(0).sum()), 1)
     if spec.racing:

@@ -166,7 +166,8 @@ def run_one_seed(ctx: TrialContext, searched: dict, seed: int, run_id: str, tria
                    artifact_dir=SweepPaths.trial_files(cache_dir, trial_id, seed))
     # Where and when each seed ran: a trial's seeds may run at once, on several nodes.
     where = {"node_id": _node()["node_id"], "pid": os.getpid(), "started": started, "finished": time.time()}
-    client.log_batch(run_id, tags=[RunTag(f"seed{seed}.{k}", str(v)) for k, v in where.items()])
+    client.log_batch(run_id, tags=[RunTag(f"seed{seed}.{k}", str(v)) for k, v in where.items()]
+                     + [RunTag(k, v) for k, v in run.tags.items()])
     client.set_tag(run_id, f"forget_digest.seed{seed}", run.forget_digest)
     # Each seed's own figures beside the means: the logged model is the first seed's, and a
     # mean hides which seed fell short.

@@ -18,6 +18,7 @@ from orchestrator.sweep.store import SweepStore, write_text
 from orchestrator.sweep.racing import SweepSearch, racing_scheduler
 from orchestrator.sweep.summary import code_version, finalize
 from orchestrator.sweep.trainable import TrialContext, trainable, trial_resources
+from orchestrator.sweep.references import reference_warnings
 from orchestrator.sweep.work import build_references, ensure_ray
 
 
@@ -57,6 +58,8 @@ def run_sweep(spec: SweepSpec, *, storage: str | Path | SweepStore, trials: int 
     t0 = time.perf_counter()
     refs, built = build_references(spec, store.location, progress)
     references_s = time.perf_counter() - t0
+    for warning in reference_warnings(spec, refs):  # before the trials: the user may stop and fix it
+        print(f"warning: {warning}", file=sys.stderr)
     if not resume:
         _log_parent(client, parent_run_id, paths, spec, spec_text, refs)
     _log_reference_work(client, parent_run_id, built)

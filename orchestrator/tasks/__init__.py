@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -45,6 +45,7 @@ class SeedRun:
     artifacts: list[str]
     layers: dict[str, list[str]]  # the parameters the method chose to change (logged with the trial)
     shared_seconds_saved: float = 0.0  # work found in the shared cache instead of computed (methods/shared_work.py)
+    tags: dict[str, str] = field(default_factory=dict)  # for the trial's MLflow run (preprocessing, warnings)
 
 
 class Task(ABC):
@@ -100,6 +101,11 @@ class Task(ABC):
         built = {role: self.build_reference(cfg, role, cache_dir, progress)[1] for role in self.reference_roles(cfg)}
         return {role: metrics for role, metrics in built.items() if metrics is not None}
 
+    def reference_warnings(self, cfg: Any, references: dict[str, dict]) -> list[str]:
+        """Why a reference (core metrics by role) makes a poor target for ``cfg``, one line each
+        (empty: none): the report, the sweep summary and ``pick`` carry them."""
+        return []
+
     @abstractmethod
     def run(self, cfg: Any, cache_dir: Path, *, progress: bool = True,
             on_epoch: Callable[[dict], None] | None = None, artifact_dir: Path | None = None,
@@ -113,7 +119,11 @@ class Task(ABC):
                           build=build)
         return SeedRun(self.trial_metrics(result.report), result.model, result.extras["forget_digest"],
                        result.extras.get("artifacts", []), result.report.get("layers", {}),
-                       result.extras.get("shared_seconds_saved", 0.0))
+                       result.extras.get("shared_seconds_saved", 0.0), self.run_tags(result.report))
+
+    def run_tags(self, report: dict) -> dict[str, str]:
+        """What a sweep trial's MLflow run is tagged with from one seed's report."""
+        return {}
 
     @abstractmethod
     def trial_metrics(self, report: dict) -> dict[str, float]:

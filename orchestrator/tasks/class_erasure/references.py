@@ -18,7 +18,7 @@ from orchestrator.diffusion.images import to_signed
 from orchestrator.diffusion.sampling import alphas_cumprod, noise_loss
 from orchestrator.diffusion.unet import build_class_unet
 from orchestrator.forget import UnlearnData
-from orchestrator.models import build_model
+from orchestrator.models import build_model, preprocessing
 from orchestrator.tasks.class_erasure.config import ClassifierRecipe, GeneratorRecipe
 from orchestrator.tasks.class_erasure.data import drop_labels
 from orchestrator.training import accuracy, check_finite, cycle, shuffled, to_float, train_classifier
@@ -43,8 +43,7 @@ def get_classifier(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_model(recipe.model, dataset.channels, dataset.num_classes, recipe.width)
-        x = to_float(x_train)
-        model.set_normalization(x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)))
+        model.preprocess_as(preprocessing("dataset", recipe.model, to_float(x_train)))
         return model
 
     def train(model: nn.Module) -> dict:

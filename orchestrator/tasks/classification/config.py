@@ -10,7 +10,7 @@ from orchestrator.datasets import dataset_help, dataset_path_prefixes
 from orchestrator.errors import need_field, within
 from orchestrator.fields import run_field
 from orchestrator.methods import method_knobs, tuples
-from orchestrator.models import model_help
+from orchestrator.models import NORMALIZE_HELP, model_help, parse_normalize
 from orchestrator.training import TrainRecipe
 
 
@@ -34,6 +34,7 @@ class RunConfig:
     code_dir: str | None = run_field(None, spec=True, paths=("",),
                                      help="folder holding your model's module (shipped to Ray workers)")
     width: int | None = run_field(None, spec=True, help="base channel width of the built-in ResNets (default per model)")
+    normalize: str | None = run_field(None, spec=True, help=NORMALIZE_HELP)
     original: str | None = run_field(
         None, spec=True, paths=("",), help="your trained weights (.pt / .safetensors state_dict, runs:/..., "
         "models:/NAME@ALIAS); evaluated, not trained (default: trained with the recipe; hf:DIR models: the "
@@ -57,6 +58,7 @@ class RunConfig:
         from orchestrator.models import check_model
 
         check_model(self.model, self.code_dir, self.width)
+        parse_normalize(self.normalize)
         need_field(self.image_size is None or self.image_size >= 1, self, "image_size", "must be an integer >= 1")
         need_field(self.max_data_gb is None or self.max_data_gb > 0, self, "max_data_gb", "must be > 0")
         need_field(self.kernels is None or self.kernels in BACKENDS, self, "kernels", f"allowed {', '.join(BACKENDS)}")

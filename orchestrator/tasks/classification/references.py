@@ -9,23 +9,29 @@ import torch
 from torch import nn
 
 from orchestrator.cache import Cached, cached_model
+from orchestrator.errors import UserError
 from orchestrator.tasks.classification.config import RunConfig
 from orchestrator.datasets import Dataset
 from orchestrator.tasks.classification.evaluation import evaluate
 from orchestrator.forget import UnlearnData
-from orchestrator.models import build_model, load_weights, model_source, read_state_dict, state_digest
+from orchestrator.models import (Preprocessing, build_model, load_weights, model_source, preprocessing,
+                                 read_state_dict, state_digest)
 from orchestrator.training import to_float, train_classifier
 
 TRAINING_CODE_VERSION = 1  # bump when the training loop changes what a recipe produces
 ROLES = ("original", "retrain")
+CHANCE_MARGIN = 10.0  # points above chance a user's original must clear on its own training split
+
+
+def input_preprocessing(cfg: RunConfig, dataset: Dataset) -> Preprocessing:
+    return preprocessing(cfg.normalize, cfg.model, to_float(dataset.x_train))
 
 
 def make_model(cfg: RunConfig, dataset: Dataset) -> nn.Module:
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, dataset.channels, dataset.num_classes, cfg.width, cfg.code_dir)
-    x = to_float(dataset.x_train)
-    model.set_normalization(x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)))
+    model.preprocess_as(input_preprocessing(cfg, dataset))
     return model
 
 
@@ -54,6 +60,9 @@ def reference_spec(role: str, cfg: RunConfig, data: UnlearnData) -> dict:
     if role == "retrain":  # the original does not depend on the forget set: shared across forget specs
         spec["forget"] = str(data.forget)
         spec["forget_idx"] = data.forget_digest()
+    prep = input_preprocessing(cfg, data.dataset)
+    if prep.rule != "dataset":  # (the default keeps the keys references were cached under before)
+        spec["preprocessing"] = prep.as_dict()
     weights = weights_source(role, cfg)
     if weights:  # the user's weights: neither recipe nor seed shape them
         spec.update(weights=weights, recipe=None, seed=None)
@@ -96,8 +105,11 @@ def get_reference(
             return {"weights_digest": digest}
 
         # Weights changed at the same path or alias: the cached copy is stale.
-        return cached_model(role, spec, cache_dir, fresh, load,
-                            valid=lambda meta: meta.get("info", {}).get("weights_digest") == digest)
+        ref = cached_model(role, spec, cache_dir, fresh, load,
+                           valid=lambda meta: meta.get("info", {}).get("weights_digest") == digest)
+        if role == "original":
+            check_beats_chance(ref, cfg, data, source)
+        return ref
 
     def train(model: nn.Module) -> dict:
         x, y = (data.dataset.x_train, data.dataset.y_train) if role == "original" else (data.x_retain, data.y_retain)
@@ -111,6 +123,22 @@ def get_reference(
         return {"train_acc": history[-1]["train_acc"] if history else None}
 
     return cached_model(role, spec, cache_dir, fresh, train, allow_build=build)
+
+
+def check_beats_chance(ref: Cached, cfg: RunConfig, data: UnlearnData, source: str) -> None:
+    """A user's original near chance on the very images it was trained on was fed other inputs
+    than it was trained on (before any training: a wrong preprocessing would make every figure
+    after it meaningless)."""
+    m = reference_metrics(ref, data)
+    n_forget, n_retain = len(data.y_forget), len(data.y_retain)
+    train_acc = ((100.0 - m["UA"]) * n_forget + m["RA"] * n_retain) / (n_forget + n_retain)
+    chance = 100.0 / data.dataset.num_classes
+    if train_acc < chance + CHANCE_MARGIN:
+        prep = input_preprocessing(cfg, data.dataset)
+        raise UserError(f"--original {source}: {train_acc:.1f}% accuracy on its own training split, within "
+                        f"{CHANCE_MARGIN:g} points of chance ({chance:.1f}% for {data.dataset.num_classes} classes), "
+                        f"with inputs {prep.describe()}; was it trained on other inputs? pass --normalize none "
+                        "(x / 255), --normalize MEAN,STD or --normalize dataset as you trained it")
 
 
 def reference_roles(cfg: RunConfig) -> tuple[str, ...]:
