@@ -108,7 +108,8 @@ def cmd_sweep(args) -> int:
         print(f"warning: {warning}")
     if "hypervolume" in summary:
         print(f"hypervolume: {summary['hypervolume']:.4g} (reference point {summary['hypervolume_reference_point']})")
-    print(f"dashboard: scissorhands ui --storage {args.storage}   (then open http://127.0.0.1:5000)")
+    print(f"dashboard: scissorhands ui {paths.name} --storage {args.storage}   (it prints the sweep's runs and charts "
+          "views on http://127.0.0.1:5000)")
     return 0
 
 
@@ -166,9 +167,16 @@ def cmd_ui(args) -> int:
     uri = args.tracking_uri or default_tracking_uri(_storage(args).root)
     if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise UserError(f"no MLflow store at {uri}; run a sweep first or pass --tracking-uri")
+    from orchestrator.sweep.dashboard import published_views
+
+    views = published_views(uri, f"http://127.0.0.1:{args.port}", args.name)
+    if args.name and not views:
+        raise UserError(f"sweep {args.name!r}: no such experiment with a published view in {uri}")
     exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
     cmd = [exe, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
     print(" ".join(cmd), flush=True)
+    for name, urls in views.items():  # open these: the sweep's runs and charts, not MLflow's GenAI overview
+        print(f"{name}: runs   {urls['runs']}\n{' ' * len(name)}  charts {urls['charts']}", flush=True)
     os.execv(exe, cmd)  # replaces this process: never returns
 
 
@@ -244,6 +252,7 @@ def build_parser(task_name: str = "classification", method_name: str | None = No
     p.set_defaults(func=cmd_pick)
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the sweep store")
+    p.add_argument("name", nargs="?", default=None, help="the sweep whose view to print (default: every sweep)")
     p.add_argument("--storage", default="runs", help=storage_help)
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--port", type=int, default=5000)

@@ -101,9 +101,10 @@ class Sweep:
         self.parent = parents[0]
 
     def children(self):
-        """Every active (not deleted) child run of the sweep's parent run, any status."""
+        """Every active (not deleted) trial run under the sweep's parent run, any status."""
         return self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent.info.run_id}'",
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent.info.run_id}' and tags.role = 'trial'",
             max_results=1000,
         )
 

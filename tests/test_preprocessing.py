@@ -126,7 +126,7 @@ resources: {{cpu: 1}}
     experiment = client.get_experiment_by_name("silhouettes")
     runs = client.search_runs([experiment.experiment_id])
     parent = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
-    trials = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    trials = [run for run in runs if run.data.tags.get("role") == "trial"]
     assert parent[0].data.tags["warnings"] == summary["warnings"][0]
     assert all(json.loads(t.data.tags["preprocessing"])["normalize"] == "none" for t in trials) and trials
     assert all("warnings.seed0" in t.data.tags for t in trials)

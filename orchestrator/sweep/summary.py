@@ -11,6 +11,7 @@ import numpy as np
 
 from orchestrator.storage import atomic_write_json
 from orchestrator.sweep.callback import RACED, refresh_pareto
+from orchestrator.sweep.dashboard import log_reference_runs
 from orchestrator.sweep.pareto import hypervolume, pareto_mask
 from orchestrator.sweep.paths import SweepPaths
 from orchestrator.sweep.plots import plot_frontier, plot_methods
@@ -58,10 +59,12 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
         for key, value in summary["racing"].items():
             client.log_metric(parent_run_id, f"racing.{key}", value)
     ok = (df["status"] == "ok").to_numpy() if len(df) else np.zeros(0, dtype=bool)
+    points = reference_markers(spec, refs)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    log_reference_runs(client, experiment_id, parent_run_id, spec.name, points)
     if ok.any():
         cols, directions = [o.metric for o in spec.objectives], [o.direction for o in spec.objectives]
         values = df.loc[ok, cols].to_numpy(dtype=float)
-        points = reference_markers(spec, refs)
         ref_point = reference_point(spec, points, values)
         summary["hypervolume"] = hypervolume(values[pareto_mask(values, directions)], directions, ref_point)
         summary["hypervolume_reference_point"] = ref_point
@@ -86,7 +89,7 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
         if headline is not None and headline in df:
             client.log_metric(parent_run_id, f"best_{headline}", float(df.loc[ok, headline].min()))
     _drop_orphan_runs(client, parent_run_id, set(df["trial_id"]) if len(df) else set())
-    _tag_pareto(client, df, mask, tracking_uri)
+    _tag_frontier(client, df, mask, tracking_uri)
     client.log_artifact(parent_run_id, str(paths.results))
     atomic_write_json(paths.summary, summary)
     client.set_terminated(parent_run_id, "FINISHED")
@@ -107,17 +110,20 @@ def racing_savings(df, seeds: int) -> dict[str, float]:
             "seconds_saved": round(left_out * per_seed, 1) if left_out else 0.0}
 
 
-def _tag_pareto(client, df, mask: np.ndarray, tracking_uri: str) -> None:
-    """``pareto=true|false`` on every trial's run. Runs another MLflow store holds (a sweep
-    resumed from a bucket on a machine with its own local store) are skipped, with a note."""
+def _tag_frontier(client, df, mask: np.ndarray, tracking_uri: str) -> None:
+    """``pareto`` and ``tied`` (``true|false``) on every trial's run. Runs another MLflow store
+    holds (a sweep resumed from a bucket on a machine with its own local store) are skipped,
+    with a note."""
     from mlflow.exceptions import MlflowException
 
     elsewhere = 0
-    for row, on_front in zip(df.itertuples(), mask):
+    tied = df["tied"].astype("boolean").fillna(False).to_numpy(dtype=bool) if "tied" in df else np.zeros(len(df), bool)
+    for row, on_front, close in zip(df.itertuples(), mask, tied):
         run_id = getattr(row, "mlflow_run_id", None)
         if isinstance(run_id, str) and run_id:
             try:
                 client.set_tag(run_id, "pareto", "true" if on_front else "false")
+                client.set_tag(run_id, "tied", "true" if close and not on_front else "false")
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                     raise
@@ -135,7 +141,7 @@ def _drop_orphan_runs(client, parent_run_id: str, recorded: set[str]) -> None:
 
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     for run in child_runs(client, experiment_id, parent_run_id):
-        if run.data.tags.get(TRIAL_TAG) not in recorded:
+        if run.data.tags.get("role") == "trial" and run.data.tags.get(TRIAL_TAG) not in recorded:
             client.delete_run(run.info.run_id)
 
 

@@ -3,6 +3,7 @@ trainable, the results callback writing Parquet, and the summary (layout: ``swee
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -18,6 +19,8 @@ from orchestrator.sweep.store import SweepStore, write_text
 from orchestrator.sweep.racing import SweepSearch, racing_scheduler
 from orchestrator.sweep.summary import code_version, finalize
 from orchestrator.sweep.trainable import TrialContext, trainable, trial_resources
+from orchestrator.stats import summarize
+from orchestrator.sweep import dashboard
 from orchestrator.sweep.references import reference_warnings
 from orchestrator.sweep.work import build_references, ensure_ray
 
@@ -51,6 +54,8 @@ def run_sweep(spec: SweepSpec, *, storage: str | Path | SweepStore, trials: int 
     client = MlflowClient(tracking_uri)
     experiment_id = tracking.ensure_experiment(client, spec.name, store.root, tracking_uri)
     parent_run_id = tracking.find_or_create_parent(client, experiment_id, spec.name)
+    dashboard.mark_experiment(client, experiment_id)
+    dashboard.publish_view(client, experiment_id, spec, parent_run_id)
     if resume:  # trials that were running when the driver died restart: drop their partial runs
         for run in tracking.child_runs(client, experiment_id, parent_run_id):
             if run.info.status == "RUNNING":
@@ -142,10 +147,14 @@ def _log_parent(client, run_id: str, paths: SweepPaths, spec: SweepSpec, spec_te
     client.log_dict(run_id, spec.model_dump(), paths.spec_resolved.name)
     if spec_text is not None:
         client.log_text(run_id, spec_text, paths.spec_yaml.name)
-    for seed, r in refs.items():
-        for role, metrics in r.items():
-            for k, v in metrics.items():
-                client.log_metric(run_id, f"{role}.{k}", v, step=seed)
+    # One figure per reference metric (its mean over seeds, and the 95% half-width), not a line over seeds.
+    roles = {role for r in refs.values() for role in r}
+    for role in sorted(roles):
+        for k in next(r[role] for r in refs.values() if role in r):
+            s = summarize(r[role][k] for r in refs.values() if role in r)
+            client.log_metric(run_id, f"{role}.{k}", s.mean)
+            if math.isfinite(s.ci95):
+                client.log_metric(run_id, f"{role}.{k}_ci95", s.ci95)
 
 
 def _log_reference_work(client, run_id: str, built: list[dict]) -> None:
