@@ -119,6 +119,14 @@ def cmd_frontier(args) -> int:
     store = _storage(args)
     store.pull_results(args.name)
     print(format_frontier(store.root, args.name, show_all=args.all))
+    if args.importance:
+        from orchestrator.sweep.frontier_table import stored_spec
+        from orchestrator.sweep.importance import format_importance, sweep_importance
+        from orchestrator.sweep.paths import SweepPaths
+        from orchestrator.sweep.spec import parse_spec
+
+        spec = parse_spec(stored_spec(store.root, args.name))
+        print("\n" + format_importance(sweep_importance(spec, SweepPaths(store.root, args.name))))
     return 0
 
 
@@ -180,6 +188,29 @@ def cmd_ui(args) -> int:
     os.execv(exe, cmd)  # replaces this process: never returns
 
 
+def cmd_dashboard(args) -> int:
+    import os
+    import shutil
+
+    from orchestrator.sweep.frontier_table import stored_spec
+    from orchestrator.sweep.paths import SweepPaths
+    from orchestrator.sweep.spec import parse_spec
+
+    store = _storage(args)
+    store.pull_results(args.name)
+    paths = SweepPaths(store.root, args.name)
+    url = paths.study_url(parse_spec(stored_spec(store.root, args.name)).study_storage)
+    if url.startswith("sqlite:") and not paths.study.is_file() and url.endswith(str(paths.study.resolve())):
+        raise UserError(f"sweep {args.name!r} has no Optuna study database at {paths.study} (a sweep run before "
+                        "studies were stored); run it again to get one")
+    exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).parent / "optuna-dashboard")
+    cmd = [exe, url, "--host", "127.0.0.1", "--port", str(args.port)]
+    print(" ".join(cmd), flush=True)
+    print(f"open http://127.0.0.1:{args.port}/dashboard (study {args.name}: Pareto front, trials, importance)",
+          flush=True)
+    os.execv(exe, cmd)  # replaces this process: never returns
+
+
 def build_parser(task_name: str = "classification", method_name: str | None = None) -> argparse.ArgumentParser:
     """The parser; ``train`` and ``unlearn`` carry the flags of the chosen task and method."""
     from orchestrator.methods import list_methods, method_for
@@ -226,13 +257,16 @@ def build_parser(task_name: str = "classification", method_name: str | None = No
     p.add_argument("name")
     p.add_argument("--storage", default="runs", help=storage_help)
     p.add_argument("--all", action="store_true", help="every trial, not only the frontier")
+    p.add_argument("--importance", action="store_true",
+                   help="each searched knob's importance per objective (PED-ANOVA and fANOVA over completed trials)")
     p.set_defaults(func=cmd_frontier)
 
     p = sub.add_parser("pick", help="register a sweep trial's model in the MLflow Model Registry")
     p.add_argument("name")
     p.add_argument("--rule", default=None,
                    help="min-METRIC or max-METRIC, e.g. min-avg-gap, max-RA (default: min- the task's headline "
-                        "metric, min-avg_gap for classification)")
+                        "metric, min-avg_gap for classification), or closest-to-retrain (Deep Unlearn's: the "
+                        "Euclidean norm of the per-metric gaps to the retrain model)")
     p.add_argument("--where", action="append", help="constraint METRIC>=X / METRIC<=X (repeatable), e.g. UA>=90")
     p.add_argument("--frontier-only", action="store_true", help="choose among frontier trials only")
     p.add_argument("--method", dest="pick_method", default=None,
@@ -257,6 +291,12 @@ def build_parser(task_name: str = "classification", method_name: str | None = No
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("dashboard", help="start optuna-dashboard on 127.0.0.1 for a sweep's Optuna study")
+    p.add_argument("name")
+    p.add_argument("--storage", default="runs", help=storage_help)
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_dashboard)
     return parser
 
 

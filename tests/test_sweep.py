@@ -97,6 +97,7 @@ def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, ca
     hv = brute_force_hypervolume(values, [d for _, d in objectives], summary["hypervolume_reference_point"])
     assert summary["hypervolume"] == pytest.approx(hv, rel=1e-9, abs=1e-12)
     assert parents[0].data.metrics["hypervolume"] == pytest.approx(hv, rel=1e-9, abs=1e-12)
+    assert_dashboard_published(client, storage, parents[0], children, df, summary)
 
     # The frontier table needs nothing but the stored results; --all lists every trial.
     assert main(["frontier", "tiny", "--storage", str(storage)]) == 0
@@ -148,7 +149,20 @@ def test_four_trial_sweep_end_to_end_then_frontier_and_pick(tmp_path, no_ray, ca
     assert {k: logged[f"{k}/seed1"] for k in figures} == pytest.approx({k: alone.metrics[k] for k in figures},
                                                                         abs=1e-9)
     assert main(["pick", "tiny", "--storage", str(storage), "--rule", "best"]) == 2
-    assert "expected min-METRIC or max-METRIC" in capsys.readouterr().err
+    assert "expected min-METRIC, max-METRIC (e.g. min-avg-gap, max-RA) or closest-to-retrain" in capsys.readouterr().err
+
+    # Deep Unlearn's rule: the trial nearest the retrain model over the four per-metric gaps.
+    assert main(["pick", "tiny", "--storage", str(storage), "--rule", "closest-to-retrain", "--validate-seeds", "0",
+                 "--json", str(tmp_path / "closest.json")]) == 0
+    capsys.readouterr()
+    closest = json.loads((tmp_path / "closest.json").read_text())
+    distance = np.sqrt(sum(df[f"gap_{k}"] ** 2 for k in ("UA", "RA", "TA", "MIA")))
+    assert closest["trial_id"] == df.loc[distance.idxmin(), "trial_id"]
+    assert closest["distance_to_retrain"] == pytest.approx(distance.min())
+    assert main(["frontier", "tiny", "--storage", str(storage), "--importance"]) == 0
+    printed = capsys.readouterr().out
+    assert "PED-ANOVA | fANOVA, over 4 completed trials (rough below 20)" in printed
+    assert "trim_ratio" in printed.split("PED-ANOVA")[1] and "RA" in printed.split("PED-ANOVA")[1]
 
     # pick with validation on 5 seeds the search never used (the default). Forgetting a class
     # improves on the original on every seed at every corner of the space: taking each seed's
@@ -253,6 +267,54 @@ def _ok(df) -> str:
     return df.loc[df["status"] == "ok", "trial_id"].item()
 
 
+def assert_dashboard_published(client, storage, parent, children, df, summary):
+    """What the sweep published for the MLflow UI and optuna-dashboard (tests/test_browser.py
+    opens both in a browser)."""
+    import optuna
+
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment.tags["mlflow.sharedViewState." + experiment.tags["scissorhands.view"]])
+    assert view["runsExpanded"] == {parent.info.run_id: True}
+    objectives = ["gap_UA", "RA", "RTE_s"]
+    assert {f"metrics.`{m}{s}`" for m in objectives for s in ("", "_ci95")} | {"tags.`pareto`", "tags.`tied`"} <= set(
+        view["selectedColumns"])
+    charts = {c["type"]: c for c in view["compareRunCharts"]}
+    assert (charts["SCATTER"]["xaxis"]["key"], charts["SCATTER"]["yaxis"]["key"]) == ("gap_UA", "RA")
+    assert charts["PARALLEL"]["selectedParams"] == ["trim_ratio", "lr"]
+    assert charts["PARALLEL"]["selectedMetrics"] == objectives
+    tied = dict(zip(df["mlflow_run_id"], df["tied"]))
+    assert {c.info.run_id: c.data.tags["tied"] == "true" for c in children} == {k: bool(v) for k, v in tied.items()}
+    # The references are runs beside the trials, with the trials' metrics (means over seeds).
+    refs = {r.data.tags["reference"]: r for r in client.search_runs(
+        [parent.info.experiment_id], filter_string="tags.role = 'reference'")}
+    assert set(refs) == {"original", "retrain"}
+    assert refs["retrain"].data.metrics["gap_UA"] == 0 and refs["original"].data.metrics["gap_UA"] > 0
+    per_seed = [r["metrics"]["RA"] for r in summary["references"] if r["role"] == "original"]
+    assert refs["original"].data.metrics["RA"] == pytest.approx(np.mean(per_seed))
+    # The parent's reference figures: one mean and its interval each, not a line over seeds.
+    assert len(client.get_metric_history(parent.info.run_id, "original.RA")) == 1
+    assert parent.data.metrics["original.RA"] == pytest.approx(np.mean(per_seed))
+    assert "original.RA_ci95" in parent.data.metrics
+    # Importance per objective over the completed trials, from both evaluators.
+    (importance,) = summary["importance"]
+    assert importance["trials"] == 4 and set(importance["objectives"]) == set(objectives)
+    for metric, scores in importance["objectives"].items():
+        if scores is None:  # (the tiny sweep's trials may all forget the class: gap_UA 0 everywhere)
+            assert df[metric].nunique() == 1
+            continue
+        for evaluator in ("ped_anova", "fanova"):
+            assert set(scores[evaluator]) == {"trim_ratio", "lr"}
+            assert sum(scores[evaluator].values()) == pytest.approx(1, abs=2e-3)
+    assert (storage / "tiny" / "importance.png").stat().st_size > 0
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"importance.json", "importance.png"}
+    # The searcher's study, in the sweep folder's database, with the objectives named.
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{storage / 'tiny' / 'optuna.db'}")
+    assert study.metric_names == objectives
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert sorted(t.values[0] for t in done) == pytest.approx(sorted(df["gap_UA"]))
+
+
 def study_trials(tune_dir: Path):
     """(Tune trial id, Optuna trial) of the sweep's study, restored from Tune's searcher state."""
     from orchestrator.sweep.racing import SweepSearch
@@ -338,6 +400,13 @@ def test_resume_after_the_driver_is_killed(tmp_path, no_ray):
     assert len(parents) == 1
     assert sorted(c.data.tags["scissorhands.trial_id"] for c in finished) == sorted(df["trial_id"])
     assert len(children) == 4, "an interrupted trial left a second run behind"
+    import optuna
+
+    # The resumed sweep went on in the same Optuna study (one study, every trial told to it).
+    url = f"sqlite:///{storage / 'resumable' / 'optuna.db'}"
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["resumable"]
+    done = [t for t in optuna.load_study(study_name="resumable", storage=url).trials if t.state.name == "COMPLETE"]
+    assert sorted(t.params["lr"] for t in done) == pytest.approx(sorted(df["config.lr"]))
 
 
 BAD_SPECS = [

@@ -46,11 +46,10 @@ def runs_view(spec: SweepSpec, parent_run_id: str) -> dict:
     charts = [
         {"uuid": "objectives", "type": "SCATTER", "xaxis": {"key": objectives[0], "type": "METRIC"},
          "yaxis": {"key": y, "type": "METRIC"}, "runsCountToCompare": 1000, "metricSectionId": SECTION,
-         "deleted": False, "isGenerated": False,
-         "displayName": f"{objectives[0]} vs {y}: trials (seed means) and references"},
+         "deleted": False, "isGenerated": False},
         {"uuid": "knobs", "type": "PARALLEL", "selectedParams": knobs, "selectedMetrics": objectives,
          "runsCountToCompare": 1000, "metricSectionId": SECTION, "deleted": False, "isGenerated": False,
-         "showAllRuns": True, "displayName": "searched knobs -> objectives"},
+         "showAllRuns": True},
     ]
     return {
         "searchFilter": "", "orderByKey": _metric(first.metric), "orderByAsc": first.direction == "min",

@@ -9,7 +9,10 @@
     <storage>/<name>/tune/                 Ray Tune experiment state (what --resume restores);
                                            a comparison has one tune-<method>/ per method
     <storage>/<name>/results.parquet       one row per trial
-    <storage>/<name>/summary.json          trials, frontier, hypervolume, plots, timing
+    <storage>/<name>/summary.json          trials, frontier, hypervolume, plots, timing, importance
+    <storage>/<name>/optuna.db             the searcher's Optuna study (sqlite; optuna-dashboard opens it),
+                                           unless the spec's study_storage names another database
+    <storage>/<name>/importance.png|.html  each searched knob's importance per objective
     <storage>/<name>/frontier.png|.html    trials, frontier, original and retrain marked
     <storage>/<name>/frontier_methods.png|.html  a comparison: every method's frontier
 With a bucket as ``--storage`` the same layout lives there, and the local storage is its
@@ -47,6 +50,8 @@ class SweepPaths:
         self.summary = self.root / "summary.json"
         self.plot = self.root / "frontier.png"  # and its .html
         self.methods_plot = self.root / "frontier_methods.png"  # and its .html
+        self.study = self.root / "optuna.db"
+        self.importance_plot = self.root / "importance.png"  # and its .html
 
     def rel(self, path: str | Path) -> str:
         """``path`` (one of these, or a file inside) relative to the storage: a store's key."""
@@ -55,7 +60,11 @@ class SweepPaths:
     @property
     def synced(self) -> tuple[Path, ...]:
         """The files ``frontier``, ``pick`` and ``--resume`` pull from a bucket."""
-        return self.spec_yaml, self.spec_resolved, self.results, self.summary
+        return self.spec_yaml, self.spec_resolved, self.results, self.summary, self.study
+
+    def study_url(self, study_storage: str | None = None) -> str:
+        """The Optuna study's database: the spec's ``study_storage``, else the sweep's sqlite file."""
+        return study_storage or f"sqlite:///{self.study.resolve()}"
 
     @property
     def mlflow_db(self) -> Path:
@@ -70,6 +79,10 @@ class SweepPaths:
     def tune_name(method: str | None) -> str:
         """Tune's state of a sweep, or of one method of a comparison."""
         return TUNE if method is None else f"{TUNE}-{method}"
+
+    def study_name(self, method: str | None) -> str:
+        """The Optuna study of a sweep, or of one method of a comparison."""
+        return self.name if method is None else f"{self.name}.{method}"
 
     @staticmethod
     def is_tune(folder_name: str) -> bool:

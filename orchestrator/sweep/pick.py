@@ -33,12 +33,30 @@ def side_by_side_metrics(task) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*task.table_metrics, *filter(None, [task.headline_baseline])]))
 
 
+CLOSEST = "closest-to-retrain"
+DISTANCE = "distance_to_retrain"
+
+
 def parse_rule(rule: str) -> tuple[str, str]:
-    """'min-avg-gap' / 'max-RA' -> (direction, metric); dashes in the metric may stand for underscores."""
+    """'min-avg-gap' / 'max-RA' -> (direction, metric); dashes in the metric may stand for
+    underscores; ``closest-to-retrain`` -> ('min', 'distance_to_retrain')."""
+    if rule == CLOSEST:
+        return "min", DISTANCE
     m = re.fullmatch(r"(min|max)-(.+)", rule)
     if not m:
-        raise UserError(f"--rule {rule!r}: expected min-METRIC or max-METRIC (e.g. min-avg-gap, max-RA)")
+        raise UserError(f"--rule {rule!r}: expected min-METRIC, max-METRIC (e.g. min-avg-gap, max-RA) or {CLOSEST}")
     return m.group(1), m.group(2)
+
+
+def with_distance_to_retrain(df, task):
+    """Deep Unlearn's rule (Cadet et al. 2024, ``munl/hpsearch/find_trials.py``): the Euclidean
+    norm of a trial's differences from the retrain model; here over the task's per-metric gaps
+    (classification: |UA|, |RA|, |TA|, |MIA| gaps in points, seed means, unweighted)."""
+    gaps = [m for m in task.gap_metrics if m.startswith("gap_") and m in df]
+    if not gaps:
+        raise UserError(f"--rule {CLOSEST}: the trials have no gap to a retrain model ({', '.join(task.gap_metrics) or 'none'}"
+                        "); it needs a sweep with a retrain reference")
+    return df.assign(**{DISTANCE: (df[gaps].astype(float) ** 2).sum(axis=1) ** 0.5})
 
 
 def _column(df, metric: str, flag: str) -> str:
@@ -200,6 +218,8 @@ def pick(storage: str | Path | SweepStore, name: str, rule: str | None, where: l
     specs = {s.method_contract.name: s for s in parse_spec(spec_dict).per_method()}
     task = next(iter(specs.values())).task_contract  # a comparison's methods share one task
     rule = default_rule(task) if rule is None else rule
+    if rule == CLOSEST:
+        df = with_distance_to_retrain(df, task)
     best, col = choose(df, rule, where, frontier_only)
     spec = specs[best["method"]] if "method" in best.index and best["method"] in specs else next(iter(specs.values()))
     searched = searched_config(spec, best)

@@ -12,6 +12,7 @@ import numpy as np
 from orchestrator.storage import atomic_write_json
 from orchestrator.sweep.callback import RACED, refresh_pareto
 from orchestrator.sweep.dashboard import log_reference_runs
+from orchestrator.sweep.importance import format_importance, plot_importance, sweep_importance
 from orchestrator.sweep.pareto import hypervolume, pareto_mask
 from orchestrator.sweep.paths import SweepPaths
 from orchestrator.sweep.plots import plot_frontier, plot_methods
@@ -88,6 +89,12 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
         headline = spec.task_contract.headline_metric
         if headline is not None and headline in df:
             client.log_metric(parent_run_id, f"best_{headline}", float(df.loc[ok, headline].min()))
+    summary["importance"] = sweep_importance(spec, paths)
+    client.log_dict(parent_run_id, summary["importance"], "importance.json")
+    client.log_text(parent_run_id, format_importance(summary["importance"]), "importance.txt")
+    for p in plot_importance(summary["importance"], paths.importance_plot):
+        summary.setdefault("plots", []).append(str(p))
+        client.log_artifact(parent_run_id, str(p))
     _drop_orphan_runs(client, parent_run_id, set(df["trial_id"]) if len(df) else set())
     _tag_frontier(client, df, mask, tracking_uri)
     client.log_artifact(parent_run_id, str(paths.results))
