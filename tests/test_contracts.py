@@ -58,7 +58,27 @@ def diffusion_case(seed: int = 0):
                         "score_batch_size": 16}
 
 
-CASES = {"classification": classification_case, "diffusion": diffusion_case}
+def text_to_image_case(seed: int = 0):
+    """A tiny Stable Diffusion UNet on random latents and prompt embeddings (no pipeline folder)."""
+    from diffusers import UNet2DConditionModel
+
+    from orchestrator.diffusion.sampling import alphas_cumprod
+    from orchestrator.tasks.text_to_image.data import PromptTask
+
+    g = torch.Generator().manual_seed(100)
+    lat, emb = torch.randn(4, 4, 8, 8, generator=g), torch.randn(3, 6, 16, generator=g)  # 2 forget prompts, anchor
+    data = PromptTask(lat, emb[[0, 0, 1, 1]], lat.flip(0), emb[[2, 2, 2, 2]], emb[2:3],
+                      alphas_cumprod("linear", 1000), emb[:2], torch.zeros(1, 6, 16))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                    block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                    norm_num_groups=8, attention_head_dim=8)
+    return unet, data, {"iterations": 12, "sample_steps": 3}
+
+
+CASES = {"classification": classification_case, "diffusion": diffusion_case, "text_to_image": text_to_image_case}
 
 
 def run(name: str, seed: int = 0, **changes):
@@ -80,7 +100,7 @@ def test_method_contract(name):
     result, epochs, cfg = run(name)
     assert isinstance(result, MethodResult) and result.seconds > 0
     assert not result.model.training
-    n_epochs = getattr(cfg, "epochs", 0)  # a method without training (SSD) reports no epochs
+    n_epochs = get_method(name).history_length(cfg)  # a method without training (SSD) reports none
     assert len(epochs) == n_epochs == len(result.history) and epochs == result.history
     assert [e["epoch"] for e in epochs] == list(range(n_epochs))
     assert all(isinstance(v, float) and math.isfinite(v) for e in epochs for k, v in e.items() if k != "epoch")

@@ -53,18 +53,20 @@ def ddim_sample(
     steps: int,
     guidance_scale: float,
     clip: float | None = 1.0,
+    stop_after: int | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) from ``noise``; guidance eps_u + w (eps_c - eps_u).
 
     ``cond`` / ``null_cond`` are batched conditions (tensors with the batch first); both
     branches run in one forward. ``clip`` bounds the predicted x0 (pixel space: 1.0;
-    latents: None). Returns x0.
+    latents: None). Returns x0; with ``stop_after=k`` (< the number of timesteps), the sample
+    after the first k steps instead, at noise level ``ddim_timesteps(len(abar), steps)[k]``.
     """
     x = noise
     abar = abar.to(noise.device)
     ts = ddim_timesteps(len(abar), steps)
     guided = guidance_scale != 1.0
-    for i, t in enumerate(ts):
+    for i, t in enumerate(ts[:stop_after]):
         tt = torch.full((len(x),), t, device=x.device, dtype=torch.long)
         if guided:
             both = eps(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, null_cond]))

@@ -31,6 +31,8 @@ BUILTIN: dict[str, str] = {
     "ssd": "orchestrator.methods.ssd:METHOD",
     "scrub": "orchestrator.methods.scrub:METHOD",
     "neggrad_plus": "orchestrator.methods.neggrad_plus:METHOD",
+    "esd_x": "orchestrator.methods.esd:ESD_X",
+    "esd_u": "orchestrator.methods.esd:ESD_U",
 }
 
 
@@ -82,6 +84,10 @@ class Method(ABC):
         """The parameter names the method changes by layer choice (e.g. trim / project), printed
         and logged with every run; {} for a method that changes every parameter."""
         return {}
+
+    def history_length(self, cfg: Any) -> int:
+        """How many records ``run`` reports (one per epoch; a method without epochs says its own)."""
+        return getattr(cfg, "epochs", 0)
 
     def seeded(self, cfg: Any) -> bool:
         """Whether the run draws from its generator (False: every seed gives the same model)."""

@@ -11,14 +11,16 @@ class PromptTask:
 
     D_f: latents the original pipeline generated for the forget prompts (condition = their
     text embeddings); D_r: latents generated for the retain prompts. The anchor condition
-    is the anchor prompt's embedding.
+    is the anchor prompt's embedding; ``forget_prompts`` holds each forget prompt's embedding
+    once and ``emb_null`` the empty prompt's (what methods that sample with guidance need).
     """
 
-    def __init__(self, lat_forget, emb_forget, lat_retain, emb_retain, emb_anchor, abar):
+    def __init__(self, lat_forget, emb_forget, lat_retain, emb_retain, emb_anchor, abar, forget_prompts, emb_null):
         self.lat_forget, self.emb_forget = lat_forget, emb_forget
         self.lat_retain, self.emb_retain = lat_retain, emb_retain
         self.emb_anchor = emb_anchor  # [1, L, D]
         self.abar = abar.to(lat_forget.device)
+        self.forget_prompts, self.emb_null = forget_prompts, emb_null  # [P, L, D], [1, L, D]
 
     def eps(self, unet: nn.Module, x_t, t, cond):
         return unet(x_t, t, encoder_hidden_states=cond).sample

@@ -149,8 +149,12 @@ def _unlearn(task: Task, cfg: TextToImageRunConfig, artifact_dir: Path,
     original = copy.deepcopy(unet).requires_grad_(False)
     m_original = _metrics(original, probes_f, probes_r, emb_a)
 
-    data = PromptTask(lat_f, cond_f, lat_r, cond_r, emb_a, abar)
-    result = get_method(cfg.method).run(unet, data, cfg.knobs, generator, on_epoch=on_epoch)
+    data = PromptTask(lat_f, cond_f, lat_r, cond_r, emb_a, abar, emb_f, emb_null)
+    method = get_method(cfg.method)
+    layers = method.layers(unet, cfg.knobs)
+    for role, names in layers.items():  # before the method runs: what it will change
+        print(f"{role} layers ({len(names)} parameters): {', '.join(names)}", flush=True)
+    result = method.run(unet, data, cfg.knobs, generator, on_epoch=on_epoch)
     m_unlearned = _metrics(result.model, probes_f, probes_r, emb_a)
     with torch.no_grad():
         m_unlearned["retain_drift"] = round(float(F.mse_loss(probes_r.eps(result.model), probes_r.eps(original))), 6)
@@ -170,6 +174,8 @@ def _unlearn(task: Task, cfg: TextToImageRunConfig, artifact_dir: Path,
     # No retrain reference exists for a pretrained text-to-image model.
     report = task.report({"original": m_original, "unlearned": m_unlearned}, result.seconds, cfg,
                          keys=PROMPT_METRICS, digits=6)
+    if layers:
+        report["layers"] = layers
     stats = {k: v for k, v in result.stats.items() if k != "trimmed_params"}
     extras = {
         "original": m_original, "unlearned": m_unlearned, "artifacts": artifacts,
