@@ -33,7 +33,7 @@ def sweep(tmp_path_factory, tiny_references):
     storage = tmp_path_factory.mktemp("browser") / "runs"
     shutil.copytree(tiny_references, storage / "references")  # content-keyed: nothing trained
     space = storage.parent / "browse.yaml"
-    space.write_text(tiny_space(NAME, trials=3, concurrent=1, **PICK))
+    space.write_text(tiny_space(NAME, trials=2, concurrent=1, **PICK))
     ray.shutdown()
     try:
         assert main(["sweep", str(space), "--storage", str(storage), "--no-progress"]) == 0

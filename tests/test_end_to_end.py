@@ -18,7 +18,8 @@ def test_classwise_forgetting_erases_the_class_and_keeps_the_rest(tmp_path, shar
                for seed in SEEDS]
     report = reports[0]
     assert set(report) == {"original", "retrain", "unlearned", "avg_gap", "avg_gap_original", "config", "forget_set",
-                           "layers"}
+                           "layers", "preprocessing", "warnings"}
+    assert report["preprocessing"]["normalize"] == "dataset" and report["warnings"] == []  # the recipe's retrain
     assert report["forget_set"]["size"] == len(report["forget_set"]["ids"]) > 0
     assert report["layers"]["trim"][-1] == "fc.bias" and not any(".bn" in n for n in report["layers"]["trim"])
     for role in ("original", "retrain"):
