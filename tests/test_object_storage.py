@@ -83,7 +83,7 @@ def test_sweep_in_a_bucket_resumes_on_a_fresh_machine_and_rebuilds_a_corrupt_ref
                               ["Body"].read())
         rebuilt = s3.client().get_object(Bucket=BUCKET, Key=weights)["Body"].read()
         assert hashlib.sha256(rebuilt).hexdigest() == manifest["sha256"], "the bucket holds an intact copy again"
-        for key in ("spec.yaml", "spec.resolved.json", "summary.json", "frontier.png"):
+        for key in ("spec.yaml", "spec.resolved.json", "summary.json", "frontier.png", "optuna.db"):
             assert stored_keys(s3, f"{NAME}/{key}"), f"{key} was not published to the bucket"
 
         client = MlflowClient(server.uri)

@@ -308,11 +308,15 @@ def assert_dashboard_published(client, storage, parent, children, df, summary):
             assert sum(scores[evaluator].values()) == pytest.approx(1, abs=2e-3)
     assert (storage / "tiny" / "importance.png").stat().st_size > 0
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"importance.json", "importance.png"}
-    # The searcher's study, in the sweep folder's database, with the objectives named.
+    # The sweep as an Optuna study in the sweep folder's database, objectives named, one trial per row.
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{storage / 'tiny' / 'optuna.db'}")
     assert study.metric_names == objectives
-    done = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert sorted(t.values[0] for t in done) == pytest.approx(sorted(df["gap_UA"]))
+    by_id = {t.user_attrs["trial_id"]: t for t in study.trials}
+    assert set(by_id) == set(df["trial_id"]) and all(t.state.name == "COMPLETE" for t in by_id.values())
+    for row in df.itertuples():
+        assert by_id[row.trial_id].values == pytest.approx([row.gap_UA, row.RA, row.RTE_s])
+        assert by_id[row.trial_id].params == pytest.approx({"trim_ratio": row[df.columns.get_loc("config.trim_ratio") + 1],
+                                                           "lr": row[df.columns.get_loc("config.lr") + 1]})
 
 
 def study_trials(tune_dir: Path):
@@ -370,6 +374,10 @@ def test_racing_stops_a_dominated_configuration_after_its_first_seed(tmp_path, n
     assert "UA/seed0" in raced.data.metrics and "UA/seed1" not in raced.data.metrics
     states = {t.params["lr"]: t.state.name for _, t in study_trials(storage / "racing" / "tune")}
     assert states == {0.005: "COMPLETE", 0.00001: "PRUNED"}
+    import optuna  # the database copy optuna-dashboard reads says the same
+
+    stored = optuna.load_study(study_name="racing", storage=f"sqlite:///{storage / 'racing' / 'optuna.db'}")
+    assert {t.params["lr"]: t.state.name for t in stored.trials} == states
 
 
 @pytest.mark.slow
@@ -402,11 +410,12 @@ def test_resume_after_the_driver_is_killed(tmp_path, no_ray):
     assert len(children) == 4, "an interrupted trial left a second run behind"
     import optuna
 
-    # The resumed sweep went on in the same Optuna study (one study, every trial told to it).
+    # The resumed sweep went on in the same Optuna study: one study, every trial of both drivers.
     url = f"sqlite:///{storage / 'resumable' / 'optuna.db'}"
     assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["resumable"]
-    done = [t for t in optuna.load_study(study_name="resumable", storage=url).trials if t.state.name == "COMPLETE"]
-    assert sorted(t.params["lr"] for t in done) == pytest.approx(sorted(df["config.lr"]))
+    trials = optuna.load_study(study_name="resumable", storage=url).trials
+    assert sorted(t.user_attrs["trial_id"] for t in trials) == sorted(df["trial_id"])
+    assert all(t.state.name == "COMPLETE" for t in trials)
 
 
 BAD_SPECS = [

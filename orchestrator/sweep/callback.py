@@ -1,7 +1,8 @@
-"""Driver side of a sweep: each finished trial goes into the Parquet table, and the Pareto
-flags are refreshed, as results arrive."""
+"""Driver side of a sweep: each finished trial goes into the Parquet table, the Pareto flags are
+refreshed and the Optuna study rewritten, as results arrive."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,9 +12,11 @@ from ray.tune import Callback
 from orchestrator.stats import PAIRED_KEYS, STAT_SUFFIXES
 from orchestrator.sweep.pareto import pareto_mask
 from orchestrator.sweep.racing import PARTIAL
+from orchestrator.sweep.paths import SweepPaths
 from orchestrator.sweep.results import ResultsTable
-from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep.spec import SweepSpec, parse_spec
 from orchestrator.sweep.store import SweepStore
+from orchestrator.sweep.study import write_study
 
 REPORTED_EXTRA = {"status", "error", "mlflow_run_id", "node_ip", "node_id", "seeds_done", "seconds",
                   "shared_seconds_saved"}
@@ -53,6 +56,10 @@ class ResultsCallback(Callback):
         table.upsert([row])
         refresh_pareto(self.spec, table)
         self.store.push(self.rel)
+        paths = SweepPaths(self.store.root, self.spec.name)  # the whole sweep's spec: every method's study
+        write_study(parse_spec(json.loads(paths.spec_resolved.read_text())), paths, table.read())
+        if paths.study.is_file():  # (a database the user named is not the store's to publish)
+            self.store.push(paths.rel(paths.study))
 
 
     def _close_raced_run(self, result: dict) -> None:

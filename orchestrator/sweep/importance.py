@@ -1,6 +1,6 @@
 """Which searched knob matters, per objective: Optuna's PED-ANOVA and fANOVA over the completed
-trials of the searcher's own study (one study per method in a comparison), as a table and a
-bar plot (PNG + HTML) beside the frontier."""
+trials of the sweep's study (``sweep/study.py``; one study per method in a comparison), as a
+table and a bar plot (PNG + HTML) beside the frontier."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,7 +10,7 @@
                                            a comparison has one tune-<method>/ per method
     <storage>/<name>/results.parquet       one row per trial
     <storage>/<name>/summary.json          trials, frontier, hypervolume, plots, timing, importance
-    <storage>/<name>/optuna.db             the searcher's Optuna study (sqlite; optuna-dashboard opens it),
+    <storage>/<name>/optuna.db             the sweep as an Optuna study (sqlite; optuna-dashboard opens it),
                                            unless the spec's study_storage names another database
     <storage>/<name>/importance.png|.html  each searched knob's importance per objective
     <storage>/<name>/frontier.png|.html    trials, frontier, original and retrain marked

@@ -124,7 +124,7 @@ class SweepSpec(BaseModel):
     start: list[dict[str, Any]] = []
     # A comparison: each method its own space, the same trial budget (``trials`` each) and seeds.
     methods: dict[str, MethodSpace] | None = None
-    # The searcher's Optuna study: an RDB URL (default: sqlite in the sweep folder, optuna.db).
+    # The sweep's Optuna study (sweep/study.py): an RDB URL (default: sqlite in the sweep folder, optuna.db).
     study_storage: str | None = None
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     trials: int = Field(ge=1)

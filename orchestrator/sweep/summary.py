@@ -19,6 +19,7 @@ from orchestrator.sweep.plots import plot_frontier, plot_methods
 from orchestrator.sweep.references import markers as reference_markers, reference_warnings
 from orchestrator.sweep.results import ResultsTable
 from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep.study import write_study
 
 
 def reference_point(spec: SweepSpec, markers: dict[str, dict[str, float]], observed: np.ndarray) -> list[float]:
@@ -47,6 +48,7 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
     table = ResultsTable(paths.results)
     mask = refresh_pareto(spec, table)
     df = table.read()
+    write_study(spec, paths, df)
     client = MlflowClient(tracking_uri)
     summary = {"trials": int(len(df)), "completed": int((df.get("status") == "ok").sum()) if len(df) else 0,
                "frontier": int(mask.sum()), "timing": timing, "references": references}

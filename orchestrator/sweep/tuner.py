@@ -74,8 +74,7 @@ def run_sweep(spec: SweepSpec, *, storage: str | Path | SweepStore, trials: int 
         ctx = TrialContext(sub.model_dump(), spec.name, store.location, tracking_uri, experiment_id, parent_run_id)
         tune_dir = paths.tune(sub.method if spec.methods else None)
         restore = resume and store.exists(paths.rel(tune_dir))
-        study = paths.study_name(sub.method if spec.methods else None)
-        _tuner(sub, store, paths, tune_dir, ctx, restore, progress, tracking_uri, study).fit()
+        _tuner(sub, store, paths, tune_dir, ctx, restore, progress, tracking_uri).fit()
     timing = {"references_s": references_s, "trials_s": time.perf_counter() - t0}
     summary = finalize(spec, paths, refs, tracking_uri, parent_run_id, timing, built)
     store.push_folder_files(paths.rel(paths.root))
@@ -167,12 +166,9 @@ def _log_reference_work(client, run_id: str, built: list[dict]) -> None:
 
 
 def _tuner(spec: SweepSpec, store: SweepStore, paths: SweepPaths, tune_dir: Path, ctx: TrialContext,
-           resume: bool, progress: bool, tracking_uri: str, study: str):
-    """A new Tuner, or the interrupted one restored from the store (a bucket: on any machine),
-    with the searcher's Optuna study ``study`` in a database (restored with the searcher: a
-    resumed sweep goes on in the same study)."""
+           resume: bool, progress: bool, tracking_uri: str):
+    """A new Tuner, or the interrupted one restored from the store (a bucket: on any machine)."""
     from optuna.samplers import TPESampler
-    from optuna.storages import RDBStorage
     from ray import tune
 
     run = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), trial_resources(spec))
@@ -180,19 +176,11 @@ def _tuner(spec: SweepSpec, store: SweepStore, paths: SweepPaths, tune_dir: Path
         return tune.Tuner.restore(store.uri(paths.rel(tune_dir)), run, resume_errored=False,
                                   restart_errored=True)
     first = spec.first_points()
-    storage = RDBStorage(paths.study_url(spec.study_storage))
-    if not resume:  # created here to name its objectives (optuna-dashboard's axes); Ray's searcher loads it
-        import optuna
-
-        optuna.create_study(storage=storage, study_name=study, load_if_exists=True,
-                            directions=["minimize" if o.direction == "min" else "maximize" for o in spec.objectives]
-                            ).set_metric_names([o.metric for o in spec.objectives])
     searcher = SweepSearch(
         metric=[o.metric for o in spec.objectives],
         mode=[o.direction for o in spec.objectives],
         points_to_evaluate=first or None,
         sampler=TPESampler(seed=spec.sampler_seed, n_startup_trials=min(6, spec.trials), multivariate=True),
-        study_name=study, storage=storage,
     )
     return tune.Tuner(
         run,
