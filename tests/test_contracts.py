@@ -147,7 +147,7 @@ def test_task_contract(name):
 
 
 def test_unknown_method_and_task_list_the_known_ones(capsys):
-    with pytest.raises(UserError, match="known methods: finetune, grad_ascent, .*, ssd"):
+    with pytest.raises(UserError, match="known methods: esd_u, esd_x, finetune, grad_ascent, .*, ssd"):
         get_method("nope")
     assert main(["unlearn", "--method", "nope"]) == 2
     assert "known methods:" in capsys.readouterr().err
