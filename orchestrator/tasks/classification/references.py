@@ -2,6 +2,7 @@
 weights (evaluated, never trained), kept in the reference cache either way."""
 from __future__ import annotations
 
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,8 +24,18 @@ ROLES = ("original", "retrain")
 CHANCE_MARGIN = 10.0  # points above chance a user's original must clear on its own training split
 
 
+_PREPROCESSING: dict[tuple, tuple] = {}  # (id(dataset), normalize, model) -> (weakref to dataset, Preprocessing)
+
+
 def input_preprocessing(cfg: RunConfig, dataset: Dataset) -> Preprocessing:
-    return preprocessing(cfg.normalize, cfg.model, to_float(dataset.x_train))
+    """Computed once per dataset object: the split's statistics take a pass over every image, and
+    a run asks for them for each model it builds, each reference's cache key and its report."""
+    key = (id(dataset), cfg.normalize, cfg.model)
+    hit = _PREPROCESSING.get(key)
+    if hit is None or hit[0]() is not dataset:  # (an id may be reused once its dataset is gone)
+        hit = (weakref.ref(dataset), preprocessing(cfg.normalize, cfg.model, to_float(dataset.x_train)))
+        _PREPROCESSING[key] = hit
+    return hit[1]
 
 
 def make_model(cfg: RunConfig, dataset: Dataset) -> nn.Module:
