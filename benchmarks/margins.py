@@ -76,11 +76,17 @@ def diffusion(seed: int, cache: Path):
         yield "diffusion.sd_gap_ratio", measured.sd_gap_ratio(Path(tmp), cache / "sd", seed)
 
 
+def t2i(seed: int, cache: Path):
+    report = measured.t2i_report(seed, cache, **measured.T2I_KNOBS)
+    for key, value in measured.t2i_quantities(report).items():
+        yield f"t2i.{key}", value
+
+
 def ssd(seed: int, cache: Path):
     yield from baselines(seed, cache, ("ssd",))
 
 
-GROUPS = {"baselines": baselines, "ssd": ssd, "classwise": classwise, "pick": pick, "prune": prune,
+GROUPS = {"baselines": baselines, "ssd": ssd, "t2i": t2i, "classwise": classwise, "pick": pick, "prune": prune,
           "diffusion": diffusion}
 
 

@@ -64,7 +64,7 @@ class Preprocessing:
         return f"(x / 255 - [{numbers(self.mean)}]) / [{numbers(self.std)}] (--normalize {self.rule})"
 
 
-def _image_processor_stats(name: str) -> tuple[str, tuple, tuple] | None:
+def image_processor_stats(name: str) -> tuple[str, tuple, tuple] | None:
     """A Hugging Face folder's own normalisation (``preprocessor_config.json``), if it has one."""
     path = _hf_folder(name) / "preprocessor_config.json"
     if not path.is_file():
@@ -83,7 +83,7 @@ def preprocessing(normalize: str | None, model: str, x_train: torch.Tensor) -> P
     (floats in [0, 1], NCHW)."""
     channels = x_train.shape[1]
     rule = parse_normalize(normalize)
-    declared = _image_processor_stats(model) if rule is None and model.startswith("hf:") else None
+    declared = image_processor_stats(model) if rule is None and model.startswith("hf:") else None
     if declared is not None:
         rule, mean, std = declared
     elif rule in (None, "dataset"):

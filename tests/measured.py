@@ -315,3 +315,33 @@ def sd_gap_ratio(root: Path, cache: Path, seed: int) -> float:
             "--cache-dir", str(cache), "--json", str(out), "--no-progress"]
     assert main(argv) == 0
     return json.loads(out.read_text())["unlearned"]["gap_ratio"]
+
+
+# The bundled text-to-image pipeline at test size: 8x8 digits, 4x4x4 latents, a 2-level UNet.
+T2I_TINY = {"image_size": 8, "autoencoder": {"widths": [16, 32], "steps": 150},
+            "generator": {"widths": [32, 32], "attention_head_dim": 8, "steps": 500, "batch_size": 32,
+                          "warmup_steps": 20, "ema_decay": 0.98},
+            "classifier": {"epochs": 3}, "eval_samples_per_prompt": 8, "ddim_steps": 8, "grid_columns": 4,
+            "device": "cpu"}
+T2I_KNOBS = {"score_batches": 2, "score_batch_size": 32, "epochs": 2, "steps_per_epoch": 15, "batch_size": 32,
+             "lr": 1e-3}
+
+
+def t2i_config(seed: int, method: str = "scissorhands_diffusion", **knobs):
+    from orchestrator.tasks.text_to_image.config import TextToImageRunConfig
+
+    return TextToImageRunConfig.from_dict({**T2I_TINY, "seed": seed, "method": method, "knobs": knobs})
+
+
+def t2i_report(seed: int, cache: Path, method: str = "scissorhands_diffusion", **knobs) -> dict:
+    from orchestrator.tasks import get_task
+
+    return get_task("text_to_image").run(t2i_config(seed, method, **knobs), cache, progress=False).report
+
+
+def t2i_quantities(report: dict) -> dict[str, float]:
+    """What the erasure test asserts: how far forget_acc fell and retained_acc moved (points)."""
+    o, u = report["original"], report["unlearned"]
+    return {"forget_acc_drop": o["forget_acc"] - u["forget_acc"],
+            "retained_acc_change": abs(o["retained_acc"] - u["retained_acc"]), "original_forget_acc": o["forget_acc"],
+            "retrain_forget_acc": report["retrain"]["forget_acc"]}

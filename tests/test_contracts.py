@@ -75,16 +75,22 @@ def text_to_image_case(seed: int = 0):
                                     block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
                                     norm_num_groups=8, attention_head_dim=8)
-    return unet, data, {"iterations": 12, "sample_steps": 3}
+    return unet, data, {"iterations": 12, "sample_steps": 3,  # ESD
+                        "epochs": 1, "batch_size": 2, "mask_batches": 1}  # SalUn: 2 steps (one to diverge at)
 
 
 CASES = {"classification": classification_case, "diffusion": diffusion_case, "text_to_image": text_to_image_case}
 
 
+def tiny_config(method: Method, tiny: dict, **changes):
+    """The method's config from a case's tiny knobs (those it has) and ``changes``."""
+    return method.config(**{k: v for k, v in {**tiny, **changes}.items() if k in method.knob_names()})
+
+
 def run(name: str, seed: int = 0, **changes):
     method = get_method(name)
     model, data, tiny = CASES[method.tasks[0]]()
-    cfg = method.config(**{k: v for k, v in {**tiny, **changes}.items() if k in method.knob_names()})
+    cfg = tiny_config(method, tiny, **changes)
     epochs = []
     result = method.run(model, data, cfg, torch.Generator().manual_seed(seed), on_epoch=epochs.append)
     return result, epochs, cfg
@@ -130,7 +136,7 @@ def test_every_preset_validates_and_unknown_knobs_are_named(name):
                 cfg.validate()
                 # A preset is plain knob values: it round-trips through the YAML / JSON form.
                 assert method.config(**json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
-    with pytest.raises(UserError, match=f"unknown {name} knob"):
+    with pytest.raises(UserError, match=f"unknown {method.name} knob"):  # a NAME@TASK key's method is NAME
         method.config(no_such_knob=1)
     with pytest.raises(UserError, match="allowed"):
         method.preset("no-such-preset")

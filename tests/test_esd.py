@@ -8,7 +8,7 @@ import torch
 from orchestrator.cli import main
 from orchestrator.methods import get_method
 from tests.measured import build_tiny_sd
-from tests.test_contracts import text_to_image_case
+from tests.test_contracts import text_to_image_case, tiny_config
 
 
 def changed(before: dict, after: dict) -> set[str]:
@@ -20,7 +20,7 @@ def test_each_variant_trains_its_modules_and_nothing_else(name, cross_attention)
     unet, data, tiny = text_to_image_case()
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     method = get_method(name)
-    result = method.run(unet, data, method.config(**tiny), torch.Generator().manual_seed(0))
+    result = method.run(unet, data, tiny_config(method, tiny), torch.Generator().manual_seed(0))
     moved = changed(before, result.model.state_dict())
     chosen = set(method.layers(unet, method.config())["train"])
     assert moved and moved <= chosen  # (Adam moves every entry with a gradient; some may have none)
@@ -34,7 +34,7 @@ def test_without_negative_guidance_the_target_is_the_original_so_nothing_moves()
     unet, data, tiny = text_to_image_case()
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     method = get_method("esd_u")
-    result = method.run(unet, data, method.config(**tiny, negative_guidance=0.0), torch.Generator().manual_seed(0))
+    result = method.run(unet, data, tiny_config(method, tiny, negative_guidance=0.0), torch.Generator().manual_seed(0))
     assert not changed(before, result.model.state_dict())
     assert all(r["loss_esd"] == 0.0 for r in result.history)
 

@@ -4,6 +4,10 @@ A method is one file holding its config dataclass (every knob with its default; 
 names a bad value and what is allowed), its presets, and a :class:`Method` subclass whose
 ``run`` unlearns. Adding a method is that file plus one line in ``BUILTIN``; the CLI flags,
 the sweep spec and the trial all come from here.
+
+Tasks may share a method name: a key ``NAME@TASK`` is task TASK's own ``NAME`` (SalUn is
+``salun`` for both a classifier and a text-to-image UNet, two Methods). ``method_for``,
+``method_knobs`` and ``list_methods(task)`` resolve it; ``get_method`` takes the keys as they are.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from orchestrator.errors import UserError
 from orchestrator.methods.shared_work import SharedWork
 from orchestrator.registry import Registry
 
-# name -> "module:attribute" of its Method instance, imported on first use
+# name (or NAME@TASK, see above) -> "module:attribute" of its Method instance, imported on first use
 BUILTIN: dict[str, str] = {
     "scissorhands": "orchestrator.methods.scissorhands:METHOD",
     "scissorhands_diffusion": "orchestrator.methods.scissorhands_diffusion:METHOD",
@@ -28,6 +32,7 @@ BUILTIN: dict[str, str] = {
     "random_label": "orchestrator.methods.random_label:METHOD",
     "l1_sparse": "orchestrator.methods.l1_sparse:METHOD",
     "salun": "orchestrator.methods.salun:METHOD",
+    "salun@text_to_image": "orchestrator.methods.salun_diffusion:METHOD",
     "ssd": "orchestrator.methods.ssd:METHOD",
     "scrub": "orchestrator.methods.scrub:METHOD",
     "neggrad_plus": "orchestrator.methods.neggrad_plus:METHOD",
@@ -138,12 +143,17 @@ def get_method(name: str) -> Method:
 
 
 def list_methods(task: str | None = None) -> list[str]:
-    return [n for n in REGISTRY.names() if task is None or task in get_method(n).tasks]
+    """The names ``--method`` takes for ``task``; None: every registry key (each Method once)."""
+    if task is None:
+        return REGISTRY.names()
+    return list(dict.fromkeys(n.partition("@")[0] for n in REGISTRY.names() if task in get_method(n).tasks))
 
 
 def method_for(name: str, task: str) -> Method:
-    """The named method, refused in one line when it does not serve ``task``."""
-    m = get_method(name)
+    """The named method of ``task`` (its own ``NAME@TASK`` first), refused in one line when it
+    does not serve ``task``."""
+    own = f"{name}@{task}"
+    m = get_method(own if own in REGISTRY.names() else name)
     if task not in m.tasks:
         raise UserError(f"--method {name}: a {' / '.join(m.tasks)} method; {task} methods: "
                         f"{', '.join(list_methods(task))}")

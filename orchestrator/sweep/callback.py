@@ -11,7 +11,7 @@ from ray.tune import Callback
 
 from orchestrator.stats import PAIRED_KEYS, STAT_SUFFIXES
 from orchestrator.sweep.pareto import pareto_mask
-from orchestrator.sweep.racing import PARTIAL
+from orchestrator.sweep.racing import ERODED, PARTIAL
 from orchestrator.sweep.paths import SweepPaths
 from orchestrator.sweep.results import ResultsTable
 from orchestrator.sweep.spec import SweepSpec, parse_spec
@@ -42,8 +42,9 @@ class ResultsCallback(Callback):
         metric_keys = {*task.metrics, *task.baseline_metrics}
         row = {"trial_id": trial.trial_id, "method": self.spec.method_contract.name, "config": dict(trial.config)}
         # A failed or pruned trial has no metrics; a raced one keeps the running means of its
-        # first seeds (``seeds_done`` says how many), never compared with complete trials.
-        measured = result.get("status") in ("ok", PARTIAL)
+        # first seeds (``seeds_done`` says how many), never compared with complete trials; an
+        # eroded one keeps its means, off the frontier (only ``ok`` trials are on it).
+        measured = result.get("status") in ("ok", PARTIAL, ERODED)
         for key, value in result.items():
             if key in REPORTED_EXTRA or (measured and (base_metric(key) in metric_keys or key in PAIRED_KEYS)):
                 row[key] = value

@@ -1,9 +1,10 @@
 """What the searcher and the scheduler make of a trial's results.
 
 A trial reports after each seed: the running seed means (``status: partial``, ``seeds_done``),
-then the means over all seeds (``status: ok``), or ``failed`` / ``pruned`` without objective
-values. :class:`SweepSearch` tells Optuna a failed trial FAILED (no penalty value distorts the
-TPE / NSGA model of the objectives) and one stopped by racing PRUNED; :class:`RacingScheduler`
+then the means over all seeds (``status: ok``, or ``eroded`` where the task's guard flags a seed),
+or ``failed`` / ``pruned`` without objective values. :class:`SweepSearch` tells Optuna a failed trial FAILED (no penalty value distorts the
+TPE / NSGA model of the objectives), an eroded one FAILED too (the searcher is not steered towards
+it), and one stopped by racing PRUNED; :class:`RacingScheduler`
 stops a configuration whose first seeds already trail the frontier by more than the seed spread.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from orchestrator.sweep.pareto import pareto_mask
 from orchestrator.sweep.spec import SweepSpec
 
 PARTIAL = "partial"  # a report after some of the seeds
+ERODED = "eroded"  # measured on every seed, but the task's guard says it destroyed what it should keep
 
 
 class SweepSearch(OptunaSearch):

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from orchestrator.errors import UserError
 from orchestrator.fields import default_of, spec_fields
-from orchestrator.methods import get_method, list_methods, tuples
+from orchestrator.methods import list_methods, method_for, tuples
 from orchestrator.tasks import get_task, list_tasks
 
 Strict = ConfigDict(extra="forbid")
@@ -159,7 +159,7 @@ class SweepSpec(BaseModel):
                 _only(getattr(self, key), [f.name for f in dataclasses.fields(hints[task.spec_recipes[key]])], key)
             elif getattr(self, key):
                 raise ValueError(f"{key!r} does not apply to task {self.task}")
-        knobs = (*get_method(method_name).knob_names(), *run_settings(task))
+        knobs = (*method_for(method_name, self.task).knob_names(), *run_settings(task))
         _only(self.fixed, knobs, "fixed")
         _only(self.search, knobs, "search")
         for obj in self.objectives:
@@ -208,7 +208,7 @@ class SweepSpec(BaseModel):
 
     @property
     def method_contract(self):
-        return get_method(self.method or self.task_contract.default_method)
+        return method_for(self.method or self.task_contract.default_method, self.task)
 
     # --- derived configs -------------------------------------------------------------
     def run_config(self, searched: dict, seed: int):

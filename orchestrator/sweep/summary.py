@@ -11,6 +11,7 @@ import numpy as np
 
 from orchestrator.storage import atomic_write_json
 from orchestrator.sweep.callback import RACED, refresh_pareto
+from orchestrator.sweep.racing import ERODED
 from orchestrator.sweep.dashboard import log_reference_runs
 from orchestrator.sweep.importance import format_importance, plot_importance, sweep_importance
 from orchestrator.sweep.pareto import hypervolume, pareto_mask
@@ -52,6 +53,8 @@ def finalize(spec: SweepSpec, paths: SweepPaths, refs: dict[int, dict], tracking
     client = MlflowClient(tracking_uri)
     summary = {"trials": int(len(df)), "completed": int((df.get("status") == "ok").sum()) if len(df) else 0,
                "frontier": int(mask.sum()), "timing": timing, "references": references}
+    if spec.task_contract.guard_metric:  # measured, but flagged by the task's guard: never on the frontier
+        summary["eroded"] = sorted(map(str, df.loc[df.get("status") == ERODED, "trial_id"])) if len(df) else []
     summary["warnings"] = reference_warnings(spec, refs)
     if summary["warnings"]:
         client.set_tag(parent_run_id, "warnings", " | ".join(summary["warnings"])[:5000])

@@ -18,7 +18,7 @@ from orchestrator.stats import aggregate, headline_pair
 from orchestrator.sweep import tracking
 from orchestrator.sweep.paths import SweepPaths
 from orchestrator.sweep.seed_runs import run_seed
-from orchestrator.sweep.racing import PARTIAL
+from orchestrator.sweep.racing import ERODED, PARTIAL
 from orchestrator.sweep.spec import SweepSpec, parse_spec
 from orchestrator.sweep.work import references_on_this_node
 from orchestrator.tasks import SeedRun
@@ -45,7 +45,7 @@ def run_trial(searched: dict, ctx: TrialContext, report: Callable[[dict], None])
     waves (:func:`seed_waves`): a wave's first seed in this process, the others as child tasks
     in the trial's placement group. After each wave but the last it reports the running seed
     means (``status: partial``), so a scheduler can stop a hopeless configuration; then the
-    means over every seed (``ok``), or ``failed`` / ``pruned`` without objective values (the
+    means over every seed (``ok``; ``eroded`` where the task's guard flags a seed), or ``failed`` / ``pruned`` without objective values (the
     searcher records a failed trial)."""
     from mlflow.tracking import MlflowClient
     from ray import tune
@@ -75,12 +75,15 @@ def run_trial(searched: dict, ctx: TrialContext, report: Callable[[dict], None])
         # The logged model is the first seed's: its forget set is the one tagged forget_digest.
         client.set_tag(run_id, "forget_digest", runs[0].forget_digest)
         metrics = aggregate([r.metrics for r in runs], paired=paired)
+        guard = spec.task_contract.guard_metric
+        final = ERODED if guard and metrics.get(guard, 0.0) > 0 else "ok"
+        client.set_tag(run_id, "eroded", str(final == ERODED).lower())
         client.log_batch(run_id, metrics=[_metric(k, v) for k, v in metrics.items()])
         tracking.log_model(client, run_id, runs[0].model)
         if runs[0].layers:  # the trimmed / projected parameters, named
             client.log_dict(run_id, runs[0].layers, "layers.json")
         client.set_terminated(run_id, "FINISHED")
-        report({**metrics, **status("ok")})
+        report({**metrics, **status(final)})
     except DivergenceError as exc:  # deterministic: recorded as failed, never retried
         client.set_tag(run_id, "error", str(exc))
         client.set_terminated(run_id, "FAILED")

@@ -66,6 +66,9 @@ class Task(ABC):
     """The untouched original's headline on the same seed (one of ``baseline_metrics``)."""
     headline_label: ClassVar[str | None] = None
     """The headline as people read it (``Avg. Gap``)."""
+    guard_metric: ClassVar[str | None] = None
+    """A per-seed 0 / 1 metric that is 1 where the run destroyed what it should keep (text-to-image:
+    ``eroded``); a sweep trial with any such seed is ``eroded``: off the frontier, never picked."""
     time_metric: ClassVar[str] = "RTE_s"
     """The unlearning's wall-clock seconds (references have none)."""
     table_metrics: ClassVar[tuple[str, ...]] = ()

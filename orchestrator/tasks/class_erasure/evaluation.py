@@ -56,13 +56,26 @@ def generate(
 
 @torch.no_grad()
 def features(classifier: nn.Module, x: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, penultimate features) of uint8 images."""
+    """(logits, penultimate features) of uint8 images: the project's ResNets say their features;
+    any other classifier's are the input of its last linear layer."""
     classifier.eval()
+    own = hasattr(classifier, "features") and hasattr(classifier, "fc")
+    seen: list[torch.Tensor] = []
+    hook = None if own else [m for m in classifier.modules() if isinstance(m, nn.Linear)][-1] \
+        .register_forward_pre_hook(lambda _, args: seen.append(args[0].flatten(1)))
     logits, feats = [], []
-    for i in range(0, len(x), batch_size):
-        f = classifier.features(to_float(x[i : i + batch_size]))
-        feats.append(f)
-        logits.append(classifier.fc(f))
+    try:
+        for i in range(0, len(x), batch_size):
+            xb = to_float(x[i : i + batch_size])
+            if own:
+                feats.append(classifier.features(xb))
+                logits.append(classifier.fc(feats[-1]))
+            else:
+                logits.append(classifier(xb))
+                feats.append(seen.pop())
+    finally:
+        if hook is not None:
+            hook.remove()
     return torch.cat(logits), torch.cat(feats)
 
 

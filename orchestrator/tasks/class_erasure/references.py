@@ -6,6 +6,7 @@ import copy
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from orchestrator.cache import Cached, cached_model
 from orchestrator.datasets import Dataset
 from orchestrator.datasets.images import resize_uint8
 from orchestrator.diffusion.images import to_signed
-from orchestrator.diffusion.sampling import alphas_cumprod, noise_loss
+from orchestrator.diffusion.sampling import Eps, alphas_cumprod, noise_loss
 from orchestrator.diffusion.unet import build_class_unet
 from orchestrator.forget import UnlearnData
 from orchestrator.models import build_model, preprocessing
@@ -61,6 +62,10 @@ def get_classifier(
 # ----------------------------------------------------------------------------- generators
 
 
+def class_conditioned(unet: nn.Module) -> Eps:
+    return lambda xt, t, c: unet(xt, t, class_labels=c).sample
+
+
 def lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up, then cosine decay to zero."""
     if step < warmup:
@@ -74,15 +79,19 @@ def train_generator(
     x: torch.Tensor,
     y: torch.Tensor,
     recipe: GeneratorRecipe,
-    num_classes: int,
+    null_label: int,
     generator: torch.Generator,
     desc: str = "train generator",
     progress: bool = True,
+    conditioned: Callable[[nn.Module], Eps] = class_conditioned,
 ) -> tuple[nn.Module, list[dict]]:
     """Denoising training with label dropout; returns the EMA model (the generator) and a loss log.
 
-    ``x`` float images in [-1, 1] and ``y`` labels, both on the UNet's device. AdamW, warm-up
-    + cosine lr, grad-norm clip 1, EMA with the usual (1 + n) / (10 + n) warm-up of the decay.
+    ``x`` float images in [-1, 1] (or latents) and ``y`` labels, both on the UNet's device; a
+    label becomes ``null_label`` with probability ``p_uncond``. ``conditioned(unet)`` is the
+    noise prediction of a label (class embedding; text-to-image: the caption's embedding).
+    AdamW, warm-up + cosine lr, grad-norm clip 1, EMA with the usual (1 + n) / (10 + n) warm-up
+    of the decay.
     """
     device = x.device
     abar = alphas_cumprod(recipe.noise_schedule, recipe.train_timesteps).to(device)
@@ -95,10 +104,10 @@ def train_generator(
     def epoch():
         for idx in shuffled(len(x), recipe.batch_size, generator):
             idx = idx.to(device)
-            yield x[idx], drop_labels(y[idx], recipe.p_uncond, num_classes, generator)
+            yield x[idx], drop_labels(y[idx], recipe.p_uncond, null_label, generator)
 
     batches = cycle(epoch)
-    eps = lambda xt, t, c: unet(xt, t, class_labels=c).sample  # noqa: E731
+    eps = conditioned(unet)
     history, window = [], []
     unet.train()
     bar = tqdm(range(recipe.steps), desc=desc, unit="step", disable=not progress, leave=False, mininterval=2)

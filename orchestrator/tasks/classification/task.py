@@ -12,7 +12,7 @@ from orchestrator.tasks.classification.config import RunConfig
 from orchestrator.datasets import load_dataset
 from orchestrator.tasks.classification.evaluation import CORE_METRICS, MIA_VARIANTS, avg_gap, evaluate
 from orchestrator.forget import ForgetSpec, UnlearnData, split_forget
-from orchestrator.methods import get_method
+from orchestrator.methods import method_for
 from orchestrator.methods.shared_work import SharedWork
 from orchestrator.models import model_size
 from orchestrator.tasks.classification.references import (get_reference, get_references, input_preprocessing,
@@ -37,7 +37,7 @@ def prepare(cfg: RunConfig) -> UnlearnData:
 def chosen_layers(cfg: RunConfig, data: UnlearnData) -> dict[str, list[str]]:
     """The parameters the method trims / projects, on a fresh model: a factory that raises or a
     pattern that matches nothing fails before any reference is built or cached."""
-    return get_method(cfg.method).layers(make_model(cfg, data.dataset), cfg.knobs)
+    return method_for(cfg.method, cfg.TASK).layers(make_model(cfg, data.dataset), cfg.knobs)
 
 
 class Classification(Task):
@@ -94,8 +94,8 @@ class Classification(Task):
         # Scores, saliency, importances: kept beside this seed's original, reused by every trial.
         shared = SharedWork(refs.original.path, {"forget": data.forget_digest(), "data": data.dataset.fingerprint(),
                                                  "method": cfg.method, "backend": cfg.kernels})
-        result = get_method(cfg.method).run(copy.deepcopy(refs.original.model), data, cfg.knobs, generator,
-                                            on_epoch=on_epoch, backend=cfg.kernels, shared=shared)
+        result = method_for(cfg.method, cfg.TASK).run(copy.deepcopy(refs.original.model), data, cfg.knobs,
+                                                      generator, on_epoch=on_epoch, backend=cfg.kernels, shared=shared)
         metrics["unlearned"] = evaluate(result.model, data)
         self.check_collapse(metrics["original"], metrics["unlearned"], len(torch.unique(data.y_retain)),
                             "lower --lr, --forget-weight or --trim-ratio")
