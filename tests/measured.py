@@ -318,8 +318,8 @@ def sd_gap_ratio(root: Path, cache: Path, seed: int) -> float:
 
 
 # The bundled text-to-image pipeline at test size: 8x8 digits, 4x4x4 latents, a 2-level UNet.
-T2I_TINY = {"image_size": 8, "autoencoder": {"widths": [16, 32], "steps": 150},
-            "generator": {"widths": [32, 32], "attention_head_dim": 8, "steps": 500, "batch_size": 32,
+T2I_TINY = {"image_size": 8, "autoencoder": {"widths": [16, 32], "steps": 100},
+            "generator": {"widths": [32, 32], "attention_head_dim": 8, "steps": 200, "batch_size": 32,
                           "warmup_steps": 20, "ema_decay": 0.98},
             "classifier": {"epochs": 3}, "eval_samples_per_prompt": 8, "ddim_steps": 8, "grid_columns": 4,
             "device": "cpu"}

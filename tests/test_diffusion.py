@@ -94,8 +94,9 @@ def test_validate_names_bad_value_and_allowed(knobs, words):
 
 
 def test_text_to_image_config_names_what_is_missing(tmp_path):
-    with pytest.raises(UserError, match="pretrained None: required"):
-        TextToImageRunConfig().validate()
+    TextToImageRunConfig().validate()  # the bundled digits pipeline
+    with pytest.raises(UserError, match="the bundled pipeline's prompts and classifier follow from --concept"):
+        TextToImageRunConfig(forget_prompts="x").validate()
     with pytest.raises(UserError, match="pretrained '/nonexistent/sd': no such directory"):
         TextToImageRunConfig(pretrained="/nonexistent/sd").validate()
     with pytest.raises(UserError, match="model_index.json"):
@@ -417,7 +418,7 @@ def test_the_cli_runs_the_same_diffusion_run(tiny_run, cache, tmp_path):
     ("--task diffusion --clf-lr 0", "--clf-lr 0.0: must be a positive number"),
     ("--task diffusion --trim-modules attn2", "--trim-modules 'attn2': the class-conditional UNet2DModel"),
     ("--task text_to_image --pretrained /nonexistent/sd", "--pretrained '/nonexistent/sd': no such directory"),
-    ("--task text_to_image", "--pretrained None: required"),
+    ("--task text_to_image --concept eleven", "--concept 'eleven': allowed zero, one, two"),
 ])
 def test_the_cli_names_a_bad_field_by_its_flag(argv, line, tmp_path, capsys):
     from orchestrator.cli import main

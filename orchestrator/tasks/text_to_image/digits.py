@@ -41,7 +41,7 @@ PHRASINGS = ("a handwritten digit {}", "the number {}", "a drawing of a {}")
 GENERIC = "a handwritten digit"  # names no digit: the anchor a forgotten digit is mapped onto
 P_GENERIC = 0.1  # share of training images captioned GENERIC
 IMAGE_SIZES = (8, 16, 28, 32)
-TEXT_WIDTH, TEXT_LAYERS, MAX_TOKENS = 64, 2, 32
+TEXT_WIDTH, TEXT_LAYERS, MAX_TOKENS = 64, 2, 16
 PIPELINE_CODE_VERSION = 1  # bump when the components or their training change
 
 
@@ -99,17 +99,32 @@ def assign_captions(y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def tokenizer():
-    """A character-level CLIPTokenizer: each letter is a token (no merges), ``MAX_TOKENS`` long."""
+    """A word-level CLIPTokenizer over the captions' words: the BPE merges spell each word out
+    letter by letter into one token (so a digit's name is one token, as in CLIP's vocabulary);
+    any other word falls back to its letters. ``MAX_TOKENS`` long."""
     from transformers import CLIPTokenizer
 
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for c in "abcdefghijklmnopqrstuvwxyz":
         vocab[c] = len(vocab)
         vocab[c + "</w>"] = len(vocab)
+    merges = []
+    words = sorted({w for caption in caption_table(len(WORDS)) for w in caption.split()})
+    for word in words:
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        while len(pieces) > 1:
+            pair = f"{pieces[0]} {pieces[1]}"
+            if pair not in merges:
+                merges.append(pair)
+            pieces = [pieces[0] + pieces[1], *pieces[2:]]
+            vocab.setdefault(pieces[0], len(vocab))
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
-        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
-        return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=MAX_TOKENS)
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+        tok = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=MAX_TOKENS)
+    unmerged = [w for w in words if len(tok.tokenize(w)) != 1]
+    assert not unmerged, f"captions' words not single tokens: {unmerged}"  # merges of one word split another
+    return tok
 
 
 def text_encoder(seed: int, vocab_size: int) -> nn.Module:
