@@ -26,6 +26,7 @@ on fixed probes (x_t, t, noise) drawn once from ``eval_seed``:
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import io
 import os
@@ -166,17 +167,28 @@ class Bundled:
         self.tokenizer = digits.tokenizer()
         self.encode = PromptEncoder(self.tokenizer, digits.text_encoder(cfg.seed, len(self.tokenizer)).to(device),
                                     device)
-        self.vae = digits.get_autoencoder(self.dataset, cfg.image_size, cfg.autoencoder, cfg.seed, cache_dir,
-                                          progress, build)
+        self._unets: dict[str, Cached] = {}
+
+    @functools.cached_property
+    def vae(self) -> Cached:  # (the classifier's reference task does not wait for it)
+        return digits.get_autoencoder(self.dataset, self.cfg.image_size, self.cfg.autoencoder, self.cfg.seed,
+                                      self.cache_dir, self.progress, self.build)
+
+    @functools.cached_property
+    def caption_embeddings(self) -> torch.Tensor:
+        return self.encode(digits.caption_table(self.dataset.num_classes))
 
     def classifier(self) -> Cached:
         return get_classifier(self.dataset, self.cfg.image_size, self.cfg.classifier, self.cfg.seed, self.cache_dir,
                               self.progress, self.build)
 
     def unet(self, role: str) -> Cached:
-        table = self.encode(digits.caption_table(self.dataset.num_classes))
-        return digits.get_unet(role, self.data, self.cfg.image_size, self.cfg.generator, self.vae, table, self.cfg.seed, self.cache_dir,
-                               self.device, self.progress, self.build)
+        """The role's UNet, loaded (or trained) once per run."""
+        if role not in self._unets:
+            self._unets[role] = digits.get_unet(role, self.data, self.cfg.image_size, self.cfg.generator, self.vae,
+                                                self.caption_embeddings, self.cfg.seed, self.cache_dir, self.device,
+                                                self.progress, self.build)
+        return self._unets[role]
 
     def pipeline(self) -> Pipeline:
         vae = self.vae.model.to(self.device).eval()
@@ -210,7 +222,7 @@ class Bundled:
         """D_f: the concept's real images as latents under their naming captions; D_r: the others
         under the captions they were trained with."""
         caption, naming = digits.assign_captions(self.dataset.y_train, self.cfg.seed)
-        table = self.encode(digits.caption_table(self.dataset.num_classes))
+        table = self.caption_embeddings
         f, r = self.data.forget_idx, self.data.retain_idx
         x = digits.encode_latents(self.vae.model, digits.images(self.dataset, self.cfg.image_size)).to(self.device)
         return PromptTask(x[f], table[naming[f]], x[r], table[caption[r]], emb_anchor, abar, forget_prompts, emb_null,
@@ -377,7 +389,7 @@ def _evaluation(cfg: TextToImageRunConfig, bundled: Bundled | None, pipe: Pipeli
         k = cfg.concept_label()
         labels = [k] * len(forget_prompts) + [j for j in range(bundled.dataset.num_classes) if j != k
                                               for _ in digits.PHRASINGS]
-        classifier, k = bundled.classifier().model, k
+        classifier = bundled.classifier().model
     elif cfg.eval_classifier:
         k, labels = cfg.forget_label, [cfg.forget_label] * len(forget_prompts) + list(cfg.retain_labels)
         classifier = user_classifier(cfg, pipe.vae.config.out_channels).to(pipe.abar.device)
