@@ -68,11 +68,18 @@ def main() -> None:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     build_task, run_task = ray.remote(num_cpus=1)(build), ray.remote(num_cpus=1)(run)
     # The autoencoder / classifier come first: the UNets of a seed share them (a lock would serialise them anyway).
+    # Seeds with one reference seed (the bundled pipeline's pipeline_seed) share one build.
     for stage in (("classifier",), ("original", "retrain")):
-        ray.get([build_task.remote(task, seed, role, args.cache_dir, args.overrides) for task in args.tasks
-                 for seed in args.seeds for role in stage
-                 if role in get_task(task).reference_roles(_config(task, get_task(task).default_method, seed,
-                                                                   args.overrides))])
+        builds = {}
+        for task in args.tasks:
+            t = get_task(task)
+            for seed in args.seeds:
+                cfg = _config(task, t.default_method, seed, args.overrides)
+                for role in stage:
+                    if role in t.reference_roles(cfg):
+                        builds.setdefault((task, t.reference_seed(cfg), role), seed)
+        ray.get([build_task.remote(task, seed, role, args.cache_dir, args.overrides)
+                 for (task, _, role), seed in builds.items()])
     jobs = [(task, method) for task in args.tasks
             for method in (T2I_METHODS if task == "text_to_image" else ("scissorhands_diffusion",))]
     rows = ray.get([run_task.remote(task, method, seed, args.cache_dir, args.overrides)
@@ -86,13 +93,15 @@ def main() -> None:
             (m, "unlearned") for m in dict.fromkeys(r["method"] for r in mine)]
         for name, role in models:
             reports = [r["report"] for r in mine if role != "unlearned" or r["method"] == name]
-            if role != "unlearned":  # a reference's figures: once per seed
-                reports = list({r["config"]["seed"]: r for r in reports}.values())
+            if role != "unlearned":  # a reference's figures: once per reference seed
+                t = get_task(task)
+                reports = list({t.reference_seed(t.config_class.from_dict(r["config"])): r for r in reports}.values())
             summary = {k: summarize(rep[role][k] for rep in reports).as_dict() for k in METRICS if k in reports[0][role]}
             flagged = [rep["config"]["seed"] for rep in reports if role == "unlearned" and rep.get("eroded")]
             print(json.dumps({"task": task, "model": name, "seeds": len(reports), **summary, "eroded_seeds": flagged}))
-            cells = [f"{summary[k]['mean']:.2f} [{summary[k]['ci95_low']:.2f}, {summary[k]['ci95_high']:.2f}]"
-                     if k in summary else "" for k in METRICS]
+            cells = ["" if k not in summary else f"{summary[k]['mean']:.2f}" if summary[k]["n"] == 1  # one pipeline
+                     else f"{summary[k]['mean']:.2f} [{summary[k]['ci95_low']:.2f}, {summary[k]['ci95_high']:.2f}]"
+                     for k in METRICS]
             eroded = "" if role != "unlearned" else f"{len(flagged)}/{len(reports)}"
             table.append(f"| {task} | {name} | {' | '.join(cells)} | {eroded} |")
     print("\n".join(table))

@@ -104,7 +104,7 @@ def validate(spec, searched: dict, seeds: list[int], location: str, progress: bo
     whichever nodes have the resources. A seed that diverges counts as a failure of the pick.
     The verdict is the paired improvement of the task's headline metric over the original's:
     a task without one cannot be validated (refused before anything runs)."""
-    from orchestrator.sweep.work import describe_reference, gather, submit_references, submit_validation
+    from orchestrator.sweep.work import gather, gather_references, submit_references, submit_validation
 
     task = spec.task_contract
     pair = headline_pair(task)
@@ -116,7 +116,7 @@ def validate(spec, searched: dict, seeds: list[int], location: str, progress: bo
     references = submit_references(held_out, location)
     runs = {seed: submit_validation(spec, searched, seed, location, [r for s, _, r in references if s == seed])
             for seed in seeds}
-    built = gather({(s, role): r for s, role, r in references}, describe_reference, "held-out references", progress)
+    built = gather_references(references, "held-out references", progress)
     held_out_refs: dict[int, dict] = {}
     for (seed, role), record in built.items():
         if record["metrics"] is not None:
@@ -128,7 +128,8 @@ def validate(spec, searched: dict, seeds: list[int], location: str, progress: bo
     # Each held-out seed's own figures too: a mean hides which seed fell short.
     out: dict = {"seeds": seeds, "diverged": diverged,
                  "per_seed": [{"seed": r["seed"], **r["metrics"]} for r in records if "metrics" in r],
-                 "work": [{"what": f"reference {k[1]}", **_where(built[k])} for k in sorted(built)]
+                 "work": [{"what": f"reference {k[1]}", **_where(built[k])}
+                          for k in sorted(built) if k == min(j for j in built if built[j] is built[k])]
                  + [{"what": "unlearning run", **_where(r)} for r in records],
                  "warnings": reference_warnings(held_out, held_out_refs)}
     keys = per_seed[0] if per_seed else {}

@@ -96,11 +96,30 @@ def _remote(function, resources: Resources):
 
 # ----------------------------------------------------------------------------- the driver's side
 def submit_references(spec: SweepSpec, location: str) -> list[tuple[int, str, object]]:
-    """One task per (seed, role) of ``spec``'s seeds: (seed, role, ObjectRef)."""
+    """(seed, role, ObjectRef) for every (seed, role) of ``spec``'s seeds: one task per distinct
+    reference (seeds whose references are trained with the same seed share its task, e.g. the
+    bundled text-to-image pipeline's ``pipeline_seed``)."""
     build = _remote(_build_reference, spec.reference_request)
     task, raw = spec.task_contract, spec.model_dump()
-    return [(seed, role, build.remote(raw, seed, role, location))
-            for seed in spec.seeds for role in task.reference_roles(spec.run_config({}, seed))]
+    tasks: dict[tuple[int, str], object] = {}
+    out = []
+    for seed in spec.seeds:
+        cfg = spec.run_config({}, seed)
+        for role in task.reference_roles(cfg):
+            key = (task.reference_seed(cfg), role)
+            if key not in tasks:
+                tasks[key] = build.remote(raw, seed, role, location)
+            out.append((seed, role, tasks[key]))
+    return out
+
+
+def gather_references(submitted: list[tuple[int, str, object]], desc: str, progress: bool) -> dict:
+    """:func:`gather` of :func:`submit_references`' tasks, each waited for once: the record of every (seed, role)."""
+    first: dict[object, tuple[int, str]] = {}
+    for seed, role, ref in submitted:
+        first.setdefault(ref, (seed, role))
+    records = gather({label: ref for ref, label in first.items()}, describe_reference, desc, progress)
+    return {(seed, role): records[first[ref]] for seed, role, ref in submitted}
 
 
 def submit_validation(spec: SweepSpec, searched: dict, seed: int, location: str, references: list) -> object:
@@ -143,10 +162,10 @@ def describe_reference(record: dict) -> str:
 def build_references(spec: SweepSpec, location: str, progress: bool) -> tuple[dict[int, dict], list[dict]]:
     """Every reference of every seed, as Ray tasks across the cluster, before any trial; their
     metrics by seed and role, and one record per reference (node, pid, seconds, built or found)."""
-    pending = {(seed, role): ref for seed, role, ref in submit_references(spec, location)}
-    records = gather(pending, describe_reference, "references", progress)
+    records = gather_references(submit_references(spec, location), "references", progress)
     metrics: dict[int, dict] = {}
     for (seed, role), record in sorted(records.items()):
         if record["metrics"] is not None:
             metrics.setdefault(seed, {})[role] = record["metrics"]
-    return metrics, [records[key] for key in sorted(records)]
+    unique = {id(records[key]): records[key] for key in sorted(records)}  # (a shared reference: one record)
+    return metrics, list(unique.values())

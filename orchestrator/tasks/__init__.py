@@ -94,6 +94,10 @@ class Task(ABC):
     def reference_roles(self, cfg: Any) -> tuple[str, ...]:
         """The references ``cfg`` needs; each is built on its own (one Ray task in a sweep)."""
 
+    def reference_seed(self, cfg: Any) -> int:
+        """The seed ``cfg``'s references are trained with: runs of one reference seed share them."""
+        return cfg.seed
+
     @abstractmethod
     def build_reference(self, cfg: Any, role: str, cache_dir: Path, progress: bool = True) -> tuple[Cached, dict | None]:
         """Train or load one reference; its core metrics (None: a role with no metrics of its own)."""

@@ -71,6 +71,9 @@ class TextToImageRunConfig(SamplingSettings):
     eval_samples_per_prompt: int = run_field(
         20, help="bundled pipeline: samples per prompt the evaluation classifier labels (same noise for every model)")
     samples_per_prompt: int = run_field(4, help="self-generated latents per prompt (the data the repair trains on)")
+    pipeline_seed: int = run_field(
+        0, spec=True, help="bundled pipeline: the seed its components are trained with; fixed across a sweep's seeds, "
+                           "as a pretrained pipeline is (--seed varies the unlearning)")
     seed: int = 0
     method: str = "scissorhands_diffusion"
     knobs: Any = None  # the method's config; None: its defaults

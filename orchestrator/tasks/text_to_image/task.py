@@ -162,16 +162,17 @@ class Bundled:
     def __init__(self, cfg: TextToImageRunConfig, cache_dir: Path, device: torch.device, progress: bool,
                  build: bool):
         self.dataset = load_dataset(cfg.dataset, None, cfg.split_seed)
-        self.data = split_forget(self.dataset, ForgetSpec.parse(f"class:{cfg.concept_label()}"), cfg.seed)
+        self.data = split_forget(self.dataset, ForgetSpec.parse(f"class:{cfg.concept_label()}"),
+                                 cfg.pipeline_seed)
         self.cfg, self.cache_dir, self.device, self.progress, self.build = cfg, cache_dir, device, progress, build
         self.tokenizer = digits.tokenizer()
-        self.encode = PromptEncoder(self.tokenizer, digits.text_encoder(cfg.seed, len(self.tokenizer)).to(device),
-                                    device)
+        text_encoder = digits.text_encoder(cfg.pipeline_seed, len(self.tokenizer)).to(device)
+        self.encode = PromptEncoder(self.tokenizer, text_encoder, device)
         self._unets: dict[str, Cached] = {}
 
     @functools.cached_property
     def vae(self) -> Cached:  # (the classifier's reference task does not wait for it)
-        return digits.get_autoencoder(self.dataset, self.cfg.image_size, self.cfg.autoencoder, self.cfg.seed,
+        return digits.get_autoencoder(self.dataset, self.cfg.image_size, self.cfg.autoencoder, self.cfg.pipeline_seed,
                                       self.cache_dir, self.progress, self.build)
 
     @functools.cached_property
@@ -179,14 +180,14 @@ class Bundled:
         return self.encode(digits.caption_table(self.dataset.num_classes))
 
     def classifier(self) -> Cached:
-        return get_classifier(self.dataset, self.cfg.image_size, self.cfg.classifier, self.cfg.seed, self.cache_dir,
+        return get_classifier(self.dataset, self.cfg.image_size, self.cfg.classifier, self.cfg.pipeline_seed, self.cache_dir,
                               self.progress, self.build)
 
     def unet(self, role: str) -> Cached:
         """The role's UNet, loaded (or trained) once per run."""
         if role not in self._unets:
             self._unets[role] = digits.get_unet(role, self.data, self.cfg.image_size, self.cfg.generator, self.vae,
-                                                self.caption_embeddings, self.cfg.seed, self.cache_dir, self.device,
+                                                self.caption_embeddings, self.cfg.pipeline_seed, self.cache_dir, self.device,
                                                 self.progress, self.build)
         return self._unets[role]
 
@@ -221,7 +222,7 @@ class Bundled:
     def real_data(self, emb_anchor, emb_null, abar, forget_prompts, retain_prompts) -> PromptTask:
         """D_f: the concept's real images as latents under their naming captions; D_r: the others
         under the captions they were trained with."""
-        caption, naming = digits.assign_captions(self.dataset.y_train, self.cfg.seed)
+        caption, naming = digits.assign_captions(self.dataset.y_train, self.cfg.pipeline_seed)
         table = self.caption_embeddings
         f, r = self.data.forget_idx, self.data.retain_idx
         x = digits.encode_latents(self.vae.model, digits.images(self.dataset, self.cfg.image_size)).to(self.device)
@@ -453,6 +454,9 @@ class TextToImage(Task):
         comes with the first of them). A local pipeline is its own original: nothing to build."""
         cfg.validate()
         return ("classifier", "original", "retrain") if cfg.bundled else ()
+
+    def reference_seed(self, cfg: TextToImageRunConfig) -> int:
+        return cfg.pipeline_seed  # every seed of a sweep unlearns the same pipeline
 
     def build_reference(self, cfg: TextToImageRunConfig, role: str, cache_dir: Path, progress: bool = True):
         if role not in self.reference_roles(cfg):
