@@ -33,6 +33,12 @@ def _config(task: str, method: str, seed: int, overrides: dict):
     return t.config_class.from_dict({"seed": seed, "method": method, **overrides.get(task, {})})
 
 
+def _config_of(task: str, config: dict):
+    from orchestrator.tasks import get_task
+
+    return get_task(task).config_class.from_dict({k: v for k, v in config.items() if k != "task"})
+
+
 def build(task: str, seed: int, role: str, cache: str, overrides: dict) -> str:
     from orchestrator.tasks import get_task
     from orchestrator.training import set_threads
@@ -53,6 +59,32 @@ def run(task: str, method: str, seed: int, cache: str, overrides: dict) -> dict:
     return {"task": task, "method": method, "seed": seed, "report": report}
 
 
+def table(rows: list[dict], tasks: list[str]) -> str:
+    """Per task and model, each metric's mean [95% interval] over the rows' seeds (one JSON line
+    each, printed too), as a Markdown table."""
+    from orchestrator.tasks import get_task
+
+    lines = ["| task | model | forget_acc | retained_acc | fid | RTE (s) | eroded |", "|---|---|---|---|---|---|---|"]
+    for task in tasks:
+        mine = [r for r in rows if r["task"] == task]
+        models = [("original", "original"), ("retrain", "retrain")] + [
+            (m, "unlearned") for m in dict.fromkeys(r["method"] for r in mine)]
+        for name, role in models:
+            reports = [r["report"] for r in mine if role != "unlearned" or r["method"] == name]
+            if role != "unlearned":  # a reference's figures: once per reference seed
+                t = get_task(task)
+                reports = list({t.reference_seed(_config_of(task, r["config"])): r for r in reports}.values())
+            summary = {k: summarize(rep[role][k] for rep in reports).as_dict() for k in METRICS if k in reports[0][role]}
+            flagged = [rep["config"]["seed"] for rep in reports if role == "unlearned" and rep.get("eroded")]
+            print(json.dumps({"task": task, "model": name, "seeds": len(reports), **summary, "eroded_seeds": flagged}))
+            cells = ["" if k not in summary else f"{summary[k]['mean']:.2f}" if summary[k]["n"] == 1  # one pipeline
+                     else f"{summary[k]['mean']:.2f} [{summary[k]['ci95_low']:.2f}, {summary[k]['ci95_high']:.2f}]"
+                     for k in METRICS]
+            eroded = "" if role != "unlearned" else f"{len(flagged)}/{len(reports)}"
+            lines.append(f"| {task} | {name} | {' | '.join(cells)} | {eroded} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     import ray
 
@@ -62,7 +94,13 @@ def main() -> None:
     p.add_argument("--overrides", type=json.loads, default={},
                    help='JSON: per task, config keys, e.g. {"text_to_image": {"generator": {"steps": 500}}}')
     p.add_argument("--tasks", nargs="+", default=["text_to_image", "diffusion"])
+    p.add_argument("--table-from", metavar="FILE", help="only the table, from an earlier run's JSON lines")
     args = p.parse_args()
+    if args.table_from:
+        lines = Path(args.table_from).read_text().splitlines()
+        print(table([json.loads(line) for line in lines if line.startswith('{"task"') and '"report"' in line],
+                    args.tasks))
+        return
     from orchestrator.tasks import get_task
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
@@ -86,25 +124,7 @@ def main() -> None:
                     for task, method in jobs for seed in args.seeds])
     for row in rows:
         print(json.dumps(row), flush=True)
-    table = ["| task | model | forget_acc | retained_acc | fid | RTE (s) | eroded |", "|---|---|---|---|---|---|---|"]
-    for task in args.tasks:
-        mine = [r for r in rows if r["task"] == task]
-        models = [("original", "original"), ("retrain", "retrain")] + [
-            (m, "unlearned") for m in dict.fromkeys(r["method"] for r in mine)]
-        for name, role in models:
-            reports = [r["report"] for r in mine if role != "unlearned" or r["method"] == name]
-            if role != "unlearned":  # a reference's figures: once per reference seed
-                t = get_task(task)
-                reports = list({t.reference_seed(t.config_class.from_dict(r["config"])): r for r in reports}.values())
-            summary = {k: summarize(rep[role][k] for rep in reports).as_dict() for k in METRICS if k in reports[0][role]}
-            flagged = [rep["config"]["seed"] for rep in reports if role == "unlearned" and rep.get("eroded")]
-            print(json.dumps({"task": task, "model": name, "seeds": len(reports), **summary, "eroded_seeds": flagged}))
-            cells = ["" if k not in summary else f"{summary[k]['mean']:.2f}" if summary[k]["n"] == 1  # one pipeline
-                     else f"{summary[k]['mean']:.2f} [{summary[k]['ci95_low']:.2f}, {summary[k]['ci95_high']:.2f}]"
-                     for k in METRICS]
-            eroded = "" if role != "unlearned" else f"{len(flagged)}/{len(reports)}"
-            table.append(f"| {task} | {name} | {' | '.join(cells)} | {eroded} |")
-    print("\n".join(table))
+    print(table(rows, args.tasks))
     ray.shutdown()
 
 

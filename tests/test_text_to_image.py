@@ -66,6 +66,15 @@ def test_the_guard_names_what_collapsed():
     assert eroded(original, None, {"retained_acc": 85.0, "fid": 50.0}) is None  # no retrain: accuracy only
 
 
+def test_a_run_that_wrecks_the_unet_is_flagged_eroded(report, cache):
+    # Adam at lr 0.05 for 60 steps turns the UNet's samples into noise: far past either bound
+    # (the run at the test knobs above is the comparison: same pipeline, same noise).
+    wrecked = t2i_report(SEEDS[0], cache, **{**T2I_KNOBS, "lr": 0.05, "epochs": 4})
+    assert wrecked["eroded"] is not None
+    assert wrecked["unlearned"]["fid"] > 3 * max(report["unlearned"]["fid"], report["retrain"]["fid"])
+    assert TASK.trial_metrics(wrecked)["eroded"] == 1.0
+
+
 def test_an_eroded_trial_is_off_the_frontier_and_never_picked(tmp_path):
     # The sweep's table as the callback writes it (real Parquet): the eroded trial "erases best"
     # (smallest gap_forget_acc) and keeps retained_acc, so without the guard it would be on the

@@ -59,7 +59,10 @@ from orchestrator.training import resolve_device
 
 CORE = ("forget_acc", "retained_acc", "fid")
 EVAL_CODE_VERSION = 1
-# The utility guard (measured: README, "Text-to-image"): placeholders until measured.
+# The utility guard (README, "The utility guard"). Measured on the bundled pipeline (seeds 0-2):
+# legitimate erasures keep fid 0.13-0.26 (retrain 0.11) and retained_acc within 1.7 points of the
+# original's; ESD-u (fid 1.52-2.13, 11-18 points down) and SalUn (fid 8.2-9.1, 25-28 points down)
+# degrade the retained prompts: the bounds lie between.
 ERODED_RETAINED_DROP = 25.0
 ERODED_FID_FACTOR = 3.0
 ERODED_FID_FLOOR = 1.0
