@@ -1,7 +1,8 @@
 """Text-to-image concept erasure on the bundled digits pipeline, trained for real at test size
-(8x8 digits, 4x4x4 latents, a 2-level UNet2DConditionModel, a few hundred steps): erasure
-measured by the evaluation classifier, the utility guard in a sweep, and the same metrics on a
-local pipeline folder with a user's evaluation classifier."""
+(8x8 digits, 1x4x4 latents, a 2-level UNet2DConditionModel, a few hundred steps): the
+evaluation classifier's metrics (not their values: at this size the pipeline barely follows its
+prompts), the utility guard on a run and in a sweep, and the same metrics on a local pipeline
+folder with a user's evaluation classifier."""
 from __future__ import annotations
 
 import json
@@ -67,12 +68,14 @@ def test_the_guard_names_what_collapsed():
 
 
 def test_a_run_that_wrecks_the_unet_is_flagged_eroded(report, cache):
-    # Adam at lr 0.05 for 60 steps turns the UNet's samples into noise: far past either bound
-    # (the run at the test knobs above is the comparison: same pipeline, same noise).
-    wrecked = t2i_report(SEEDS[0], cache, **{**T2I_KNOBS, "lr": 0.05, "epochs": 4})
-    assert wrecked["eroded"] is not None
-    assert wrecked["unlearned"]["fid"] > 3 * max(report["unlearned"]["fid"], report["retrain"]["fid"])
-    assert TASK.trial_metrics(wrecked)["eroded"] == 1.0
+    # Adam at lr 0.05 for 60 steps turns the UNet's samples into noise, far past either bound;
+    # the run at the test knobs is the comparison (same pipeline, same evaluation noise).
+    # Measured (seeds 0-2, 1 thread): wrecked fid 92.0-144.5, retained_acc 8.3-8.8 (chance);
+    # at the test knobs fid 1.6-6.3, retrain 0.69: the smallest ratio is 14.6, asserted 3.
+    for seed in SEEDS:
+        wrecked = t2i_report(seed, cache, **{**T2I_KNOBS, "lr": 0.05, "epochs": 4})
+        assert wrecked["eroded"] is not None and TASK.trial_metrics(wrecked)["eroded"] == 1.0
+        assert wrecked["unlearned"]["fid"] > 3 * max(report["unlearned"]["fid"], report["retrain"]["fid"])
 
 
 def test_an_eroded_trial_is_off_the_frontier_and_never_picked(tmp_path):
