@@ -104,7 +104,8 @@ def validate(spec, searched: dict, seeds: list[int], location: str, progress: bo
     whichever nodes have the resources. A seed that diverges counts as a failure of the pick.
     The verdict is the paired improvement of the task's headline metric over the original's:
     a task without one cannot be validated (refused before anything runs)."""
-    from orchestrator.sweep.work import gather, gather_references, submit_references, submit_validation
+    from orchestrator.sweep.work import (distinct_records, gather, gather_references, submit_references,
+                                         submit_validation)
 
     task = spec.task_contract
     pair = headline_pair(task)
@@ -128,8 +129,7 @@ def validate(spec, searched: dict, seeds: list[int], location: str, progress: bo
     # Each held-out seed's own figures too: a mean hides which seed fell short.
     out: dict = {"seeds": seeds, "diverged": diverged,
                  "per_seed": [{"seed": r["seed"], **r["metrics"]} for r in records if "metrics" in r],
-                 "work": [{"what": f"reference {k[1]}", **_where(built[k])}
-                          for k in sorted(built) if k == min(j for j in built if built[j] is built[k])]
+                 "work": [{"what": f"reference {r['role']}", **_where(r)} for r in distinct_records(built)]
                  + [{"what": "unlearning run", **_where(r)} for r in records],
                  "warnings": reference_warnings(held_out, held_out_refs)}
     keys = per_seed[0] if per_seed else {}

@@ -122,6 +122,11 @@ def gather_references(submitted: list[tuple[int, str, object]], desc: str, progr
     return {(seed, role): records[first[ref]] for seed, role, ref in submitted}
 
 
+def distinct_records(records: dict) -> list[dict]:
+    """One record per reference task of :func:`gather_references`' result (seeds sharing a task share its record)."""
+    return list({id(records[key]): records[key] for key in sorted(records)}.values())
+
+
 def submit_validation(spec: SweepSpec, searched: dict, seed: int, location: str, references: list) -> object:
     return _remote(_validation_run, spec.resources).remote(spec.model_dump(), searched, seed, location, *references)
 
@@ -167,5 +172,4 @@ def build_references(spec: SweepSpec, location: str, progress: bool) -> tuple[di
     for (seed, role), record in sorted(records.items()):
         if record["metrics"] is not None:
             metrics.setdefault(seed, {})[role] = record["metrics"]
-    unique = {id(records[key]): records[key] for key in sorted(records)}  # (a shared reference: one record)
-    return metrics, list(unique.values())
+    return metrics, distinct_records(records)
